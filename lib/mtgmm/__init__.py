@@ -1,0 +1,57 @@
+"""mtgmm: transformers, DDPM and multi-token Gaussian mixtures.
+
+The code behind the book *Transformers learn the optimal DDPM denoiser*. Layers, each
+importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` → … →
+``experiments`` → ``plotting``.
+"""
+
+from .attention import (
+    AttentionBank,
+    AttentionDenoiser,
+    SymmetricBasis,
+    attend,
+    attend_explicit,
+    attention_weights,
+    mean_denoising_weights,
+)
+from .mixture import MultiTokenGMM, add_noise
+from .objective import ddpm_loss, excess_risk, noisy_batch
+from .oracle import (
+    RiskEstimates,
+    bayes_risk,
+    bayes_risk_estimates,
+    oracle_eps,
+    oracle_x0,
+    posterior_weights,
+)
+from .runtime import by_preset, describe, pick_device, preset, set_preset
+from .schedules import NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionBank",
+    "AttentionDenoiser",
+    "SymmetricBasis",
+    "attend",
+    "attend_explicit",
+    "attention_weights",
+    "ddpm_loss",
+    "excess_risk",
+    "mean_denoising_weights",
+    "noisy_batch",
+    "MultiTokenGMM",
+    "NoiseSchedule",
+    "RiskEstimates",
+    "add_noise",
+    "bayes_risk",
+    "bayes_risk_estimates",
+    "by_preset",
+    "describe",
+    "oracle_eps",
+    "oracle_x0",
+    "pick_device",
+    "posterior_weights",
+    "preset",
+    "set_preset",
+]

@@ -1,0 +1,214 @@
+"""The one-layer attention denoiser and its constructions (chapter *Self-attention as a
+mean denoiser*).
+
+Rows are tokens. For one data point ``X`` (L × d),
+
+    f(X) = X W_S + softmax(X W_KQ Xᵀ) X W_V,
+
+softmax taken along each row (each query token attends over all key tokens, itself too
+unless ``mask_self``). ``f(X)`` estimates the injected noise ε of every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import alpha_bar_tensor, last_dim, positive_int
+from .mixture import MultiTokenGMM
+
+WEIGHT_NAMES = ("W_KQ", "W_V", "W_S")
+
+
+def _self_mask(n_tokens: int, device) -> Tensor:
+    """Boolean (L, L) mask, True where a query may attend (everywhere but the diagonal)."""
+    return ~torch.eye(n_tokens, dtype=torch.bool, device=device)
+
+
+def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+    """softmax(X W_KQ Xᵀ) X W_V with the fused kernel (``scaled_dot_product_attention``,
+    query ``X W_KQ``, key ``X``, value ``X W_V``, scale 1). Weights may carry leading batch
+    dims that broadcast against ``x`` (e.g. one matrix per sequence, ``(n, d, d)``)."""
+    mask = _self_mask(x.shape[-2], x.device) if mask_self else None
+    return F.scaled_dot_product_attention(x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0)
+
+
+def attend_explicit(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+    """The same as :func:`attend`, written out: the reference the fused kernel is tested on."""
+    scores = x @ w_kq @ x.transpose(-1, -2)
+    if mask_self:
+        scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ x @ w_v
+
+
+def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
+    """The (…, L, L) attention matrix softmax(X W_KQ Xᵀ), rows summing to 1."""
+    scores = x @ w_kq @ x.transpose(-1, -2)
+    if mask_self:
+        scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _check_tokens(x: Tensor, dim: int, mask_self: bool) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"x_t must have shape (..., L, d), got {tuple(x.shape)}")
+    last_dim(x, dim)
+    if mask_self and x.shape[-2] < 2:
+        raise ValueError("mask_self needs at least 2 tokens per sequence (L >= 2)")
+
+
+class AttentionDenoiser(nn.Module):
+    """One layer, one head: ``f(X) = X W_S + softmax(X W_KQ Xᵀ) X W_V``.
+
+    Args:
+        dim: token dimension d.
+        mask_self: if True a token does not attend to itself.
+
+    The three d × d parameters start at zero (an invariant start; see chapter *Training
+    dynamics*). ``model(x_t)`` maps ``(..., L, d)`` to ε̂ of the same shape.
+    """
+
+    def __init__(self, dim: int, mask_self: bool = False) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self.mask_self = bool(mask_self)
+        self.W_KQ = nn.Parameter(torch.zeros(dim, dim))
+        self.W_V = nn.Parameter(torch.zeros(dim, dim))
+        self.W_S = nn.Parameter(torch.zeros(dim, dim))
+
+    @classmethod
+    def from_weights(cls, w_kq: Tensor, w_v: Tensor, w_s: Tensor, mask_self: bool = False):
+        """A denoiser holding copies of the given d × d matrices."""
+        model = cls(w_kq.shape[-1], mask_self)
+        model.set_weights(w_kq, w_v, w_s)
+        return model
+
+    def set_weights(self, w_kq: Tensor, w_v: Tensor, w_s: Tensor) -> None:
+        """Overwrite the three matrices (any dtype/device; cast to the module's)."""
+        for name, value in zip(WEIGHT_NAMES, (w_kq, w_v, w_s), strict=True):
+            param = getattr(self, name)
+            if tuple(value.shape) != (self.dim, self.dim):
+                raise ValueError(f"{name} must have shape (d, d) = {(self.dim, self.dim)}")
+            with torch.no_grad():
+                param.copy_(value)
+
+    def weights(self) -> dict[str, Tensor]:
+        """The three matrices, detached, by name."""
+        return {name: getattr(self, name).detach() for name in WEIGHT_NAMES}
+
+    def forward(self, x_t: Tensor) -> Tensor:
+        _check_tokens(x_t, self.dim, self.mask_self)
+        return x_t @ self.W_S + attend(x_t, self.W_KQ, self.W_V, self.mask_self)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, mask_self={self.mask_self}"
+
+
+class AttentionBank(nn.Module):
+    """One :class:`AttentionDenoiser` per timestep, stored as banks of shape (T, d, d).
+
+    ``bank(x_t, t)`` takes ``x_t`` of shape ``(n, L, d)`` and integer timesteps ``t`` of
+    shape ``(n,)`` (or a single int) and runs every sequence through its own timestep's
+    layer in one batched pass.
+    """
+
+    def __init__(self, n_steps: int, dim: int, mask_self: bool = False) -> None:
+        super().__init__()
+        self.n_steps = positive_int(n_steps, "n_steps")
+        self.dim = positive_int(dim, "dim")
+        self.mask_self = bool(mask_self)
+        self.W_KQ = nn.Parameter(torch.zeros(n_steps, dim, dim))
+        self.W_V = nn.Parameter(torch.zeros(n_steps, dim, dim))
+        self.W_S = nn.Parameter(torch.zeros(n_steps, dim, dim))
+
+    def _timesteps(self, t: int | Tensor, n: int, device) -> Tensor:
+        t = torch.as_tensor(t, device=device)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"t must hold integer timesteps, got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(n)
+        if t.shape != (n,):
+            raise ValueError(f"t must be an int or have shape (n,) = ({n},), got {tuple(t.shape)}")
+        if int(t.min()) < 0 or int(t.max()) >= self.n_steps:
+            raise ValueError(f"t must lie in 0 … {self.n_steps - 1} (T = {self.n_steps})")
+        return t.long()
+
+    def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        if x_t.ndim != 3:
+            raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
+        _check_tokens(x_t, self.dim, self.mask_self)
+        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        w_kq, w_v, w_s = self.W_KQ[t], self.W_V[t], self.W_S[t]  # (n, d, d) each
+        return x_t @ w_s + attend(x_t, w_kq, w_v, self.mask_self)
+
+    def layer(self, t: int) -> AttentionDenoiser:
+        """A standalone copy of timestep ``t``'s layer."""
+        (t,) = self._timesteps(t, 1, "cpu").tolist()
+        return AttentionDenoiser.from_weights(
+            self.W_KQ[t].detach(), self.W_V[t].detach(), self.W_S[t].detach(), self.mask_self
+        )
+
+    def load_layer(self, t: int, layer: AttentionDenoiser) -> None:
+        """Copy ``layer``'s matrices into timestep ``t``."""
+        (t,) = self._timesteps(t, 1, "cpu").tolist()
+        with torch.no_grad():
+            for name in WEIGHT_NAMES:
+                getattr(self, name)[t].copy_(getattr(layer, name))
+
+    def extra_repr(self) -> str:
+        return f"n_steps={self.n_steps}, dim={self.dim}, mask_self={self.mask_self}"
+
+
+class SymmetricBasis:
+    """The matrices left fixed by the symmetries of an orthogonal, equal-norm, uniform
+    mixture: J (projector onto Σ_k μ_k), P − J and P⊥ = I − P, an orthogonal basis in the
+    Frobenius inner product. A symmetric matrix is ``W = α P + β P⊥ + γ J``.
+    """
+
+    def __init__(self, gmm: MultiTokenGMM) -> None:
+        p = gmm.span_projector().to(torch.float64)
+        j = gmm.mean_direction_projector().to(torch.float64)
+        self.P, self.J = p, j
+        self.P_perp = torch.eye(gmm.dim, dtype=torch.float64) - p
+        self._orthogonal = torch.stack([j, p - j, self.P_perp])  # (3, d, d)
+
+    def compose(self, coefficients: Tensor) -> Tensor:
+        """W = α P + β P⊥ + γ J from ``coefficients[..., :] = (α, β, γ)``."""
+        c = torch.as_tensor(coefficients)
+        basis = torch.stack([self.P, self.P_perp, self.J]).to(c)
+        return torch.einsum("...i,ijk->...jk", c, basis)
+
+    def coordinates(self, w: Tensor) -> Tensor:
+        """(α, β, γ) of the Frobenius projection of ``w`` (…, d, d) onto the symmetric
+        matrices: the group average of ``w``."""
+        e = self._orthogonal.to(w)
+        norms = (e**2).sum((-1, -2))
+        c = torch.einsum("...jk,ijk->...i", w, e) / torch.where(norms > 0, norms, 1)
+        # W = c_J J + c_{P−J} (P − J) + c_⊥ P⊥ = c_{P−J} P + c_⊥ P⊥ + (c_J − c_{P−J}) J
+        return torch.stack([c[..., 1], c[..., 2], c[..., 0] - c[..., 1]], -1)
+
+    def project(self, w: Tensor) -> Tensor:
+        """The symmetric part of ``w``: ``compose(coordinates(w))``."""
+        return self.compose(self.coordinates(w))
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.P, self.P_perp, self.J))
+
+
+def mean_denoising_weights(gmm: MultiTokenGMM, alpha_bar: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The infinite-token construction: ``W_KQ = P/s²``, ``W_V = −(b/s²) P``,
+    ``W_S = (b/s²)(I + P)``. As L → ∞ (orthogonal equal-norm means) the attention output
+    tends to ``P x + a m(x)`` and the layer to the oracle ε*."""
+    ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
+    if ab.numel() != 1:
+        raise ValueError("alpha_bar must be a single value")
+    s2 = gmm.noise_variance(ab).item()
+    if s2 == 0:
+        raise ValueError("the construction needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+    b = (1 - ab).sqrt().item()
+    p = gmm.span_projector().to(torch.float64)
+    eye = torch.eye(gmm.dim, dtype=torch.float64)
+    return p / s2, -(b / s2) * p, (b / s2) * (eye + p)
