@@ -100,6 +100,7 @@ class AttentionDenoiser(nn.Module):
         return {name: getattr(self, name).detach() for name in WEIGHT_NAMES}
 
     def forward(self, x_t: Tensor) -> Tensor:
+        """ε̂ = x_t W_S + softmax(x_t W_KQ x_tᵀ) x_t W_V for ``x_t`` of shape (…, L, d)."""
         _check_tokens(x_t, self.dim, self.mask_self)
         return x_t @ self.W_S + attend(x_t, self.W_KQ, self.W_V, self.mask_self)
 
@@ -137,6 +138,7 @@ class AttentionBank(nn.Module):
         return t.long()
 
     def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """ε̂ for ``x_t`` (n, L, d), sequence i through the layer of timestep ``t[i]``."""
         if x_t.ndim != 3:
             raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
         _check_tokens(x_t, self.dim, self.mask_self)

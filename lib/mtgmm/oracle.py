@@ -95,7 +95,7 @@ class RiskEstimates:
 
     @property
     def estimate(self) -> Tensor:
-        """R*_t: the exact part plus the combined Monte Carlo part."""
+        """The estimate of R*_t, the exact part plus the combined Monte Carlo part."""
         return self.exact + self.combined
 
 
