@@ -21,3 +21,12 @@ def skewed_gmm() -> MultiTokenGMM:
 
 def rng(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Small tensors run faster on one intra-op thread than on two competing ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` 
 ``experiments`` → ``plotting``.
 """
 
+from . import metrics, theory
 from .attention import (
     AttentionBank,
     AttentionDenoiser,
@@ -25,6 +26,7 @@ from .oracle import (
     posterior_weights,
 )
 from .runtime import by_preset, describe, pick_device, preset, set_preset
+from .sampling import ddpm_sample, oracle_eps_fn
 from .schedules import NoiseSchedule
 
 __version__ = "0.1.0"
@@ -37,8 +39,10 @@ __all__ = [
     "attend_explicit",
     "attention_weights",
     "ddpm_loss",
+    "ddpm_sample",
     "excess_risk",
     "mean_denoising_weights",
+    "metrics",
     "noisy_batch",
     "MultiTokenGMM",
     "NoiseSchedule",
@@ -49,9 +53,11 @@ __all__ = [
     "by_preset",
     "describe",
     "oracle_eps",
+    "oracle_eps_fn",
     "oracle_x0",
     "pick_device",
     "posterior_weights",
     "preset",
     "set_preset",
+    "theory",
 ]

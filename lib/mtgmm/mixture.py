@@ -58,11 +58,18 @@ class MultiTokenGMM:
 
     @classmethod
     def orthogonal(
-        cls, n_clusters: int, dim: int, radius: float, sigma0: float = 0.0, seed: int = 0
+        cls,
+        n_clusters: int,
+        dim: int,
+        radius: float,
+        sigma0: float = 0.0,
+        seed: int = 0,
+        dtype: torch.dtype | None = None,
     ) -> MultiTokenGMM:
         """K orthonormal directions scaled to norm ``radius``, under a random rotation.
 
-        The rotation is the Q factor of a seeded Gaussian matrix (sign-fixed, so Haar).
+        The rotation is the Q factor of a seeded Gaussian matrix (sign-fixed, so Haar),
+        computed in float64 and returned in ``dtype`` (default: torch's default dtype).
         Needs ``n_clusters <= dim``.
         """
         n_clusters = positive_int(n_clusters, "n_clusters")
@@ -76,7 +83,7 @@ class MultiTokenGMM:
         q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))
         means = radius * q[:, :n_clusters].T
-        return cls(means.to(torch.get_default_dtype()), sigma0=sigma0)
+        return cls(means.to(dtype or torch.get_default_dtype()), sigma0=sigma0)
 
     @property
     def n_clusters(self) -> int:
