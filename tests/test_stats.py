@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from mtgmm.stats import fit_power_law
+
+
+def test_power_law_fit_recovers_slope_and_covers_it():
+    rng = np.random.default_rng(0)
+    x = 2.0 ** np.arange(3, 10)
+    hits = 0
+    for _ in range(200):
+        se = 0.05 * 3.0 * x**-0.7
+        y = 3.0 * x**-0.7 + rng.normal(0, se)
+        fit = fit_power_law(x, y, se)
+        lo, hi = fit.interval()
+        hits += lo <= -0.7 <= hi
+    assert fit.slope == pytest.approx(-0.7, abs=0.1)
+    assert 0.88 <= hits / 200 <= 0.99  # nominal 95% coverage
+
+
+def test_exact_power_law_and_prediction():
+    x = np.array([1.0, 2.0, 4.0, 8.0])
+    fit = fit_power_law(x, 5 * x**0.5, 0.01 * x)
+    assert fit.slope == pytest.approx(0.5) and fit.prefactor == pytest.approx(5)
+    np.testing.assert_allclose(fit(16.0), 20.0)
+
+
+@pytest.mark.parametrize(
+    "x, y, se",
+    [([1, 2], [1, 2], [1, 1]), ([1, 2, 3], [1, -2, 3], [1, 1, 1]), ([1, 2, 3], [1, 2], [1, 1])],
+)
+def test_bad_input_is_rejected(x, y, se):
+    with pytest.raises(ValueError):
+        fit_power_law(x, y, se)
