@@ -19,14 +19,31 @@ DET_ENV := env -u MTGMM_PRESET CUDA_VISIBLE_DEVICES= MTGMM_DEVICE=cpu PYTHONHASH
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 LINT_PATHS := lib tests tools
 CHAPTERS ?=
+# The site tests (tests/site) drive Debian's Chromium with playwright and serve MathJax from the
+# npm package in tools/site (locked by its package-lock.json); `make site-deps` installs both.
+SITE_NODE := tools/site/node_modules/.installed
+# the browser the page tests drive; `make test-site CHROMIUM=/usr/bin/google-chrome` takes another
+CHROMIUM ?= /usr/bin/chromium
+# `make test TEST_COLAB=1` also runs `make test-colab` (every chapter once more, in a fresh venv)
+TEST_COLAB ?= 0
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+SITE_PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help bootstrap book notebooks test lint format clean distclean
+.PHONY: help bootstrap book notebooks test lint format clean distclean \
+	site-deps chromium test-site test-colab student site-url
 
 help:
 	@echo "make book       execute every chapter and build the HTML into _build/html"
-	@echo "make test       lint, unit tests, notebook pairing check, strict nbval, book build"
+	@echo "make test       lint, unit tests, notebook pairing check, strict nbval, book build,"
+	@echo "                then the site tests (make test-site); TEST_COLAB=1 adds make test-colab"
+	@echo "make test-site  the built book in headless Chromium (math, figures, boxes, links,"
+	@echo "                launch buttons; screenshots in _build/screenshots) and the student edition"
+	@echo "make student    the student edition (no solutions) into _build/student/html, checked"
+	@echo "make test-colab each chapter notebook run as in Colab, installing from this checkout"
+	@echo "make site-url   print the address the book is published at (GitHub Pages)"
 	@echo "make notebooks  regenerate the executed book/*.ipynb from book/*.md"
 	@echo "                (CHAPTERS='notation mixture' to limit)"
 	@echo "make lint       ruff check and format check;  make format  fix what ruff can"
@@ -39,7 +56,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing the pinned stack into $(VENV) (constraints.txt)"
 	@# torch first, pinned, so that resolving the rest can never pull a CUDA build
 	$(PIP) torch
-	$(PIP) -e ".[test,book]"
+	$(PIP) -e ".[test,book,site]"
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "error: CUDA packages were installed into $(VENV)" >&2; exit 1; fi
 	@# build matplotlib's font cache now, or its first-import notice lands in a notebook output
@@ -61,7 +78,7 @@ format: bootstrap
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
-test: bootstrap
+test: bootstrap site-deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(PY) -m pytest tests
@@ -70,6 +87,42 @@ test: bootstrap
 		--nbval-sanitize-with tools/nbval_sanitize.cfg --nbval-cell-timeout 600 book/*.ipynb
 	$(PY) tools/build_book.py --no-execute
 	@echo "Rendered the verified notebooks into $(abspath _build/html/index.html)"
+	$(MAKE) --no-print-directory test-site
+	@if [ "$(TEST_COLAB)" = 1 ]; then $(MAKE) --no-print-directory test-colab; fi
+
+# Chromium (Debian's package: playwright cannot download its own browsers here) and the npm
+# MathJax, each installed only if missing; idempotent.
+site-deps: bootstrap chromium $(SITE_NODE)
+
+chromium:
+	@test -x "$(CHROMIUM)" || command -v chromium >/dev/null || { echo "installing chromium (apt)"; \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) chromium; }
+
+$(SITE_NODE): tools/site/package.json tools/site/package-lock.json
+	@command -v npm >/dev/null || { echo "installing npm (apt)"; \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) npm; }
+	cd tools/site && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Uses _build/html when it is newer than the sources, else renders the committed notebooks.
+test-site: site-deps
+	CHROMIUM="$$(test -x "$(CHROMIUM)" && echo "$(CHROMIUM)" || command -v chromium)" \
+		$(SITE_PYTEST) tests/site/test_built_html.py \
+		tests/site/test_browser.py tests/site/test_student.py
+	@echo "Screenshots of every page: $(abspath _build/screenshots)"
+
+student: bootstrap
+	$(PY) tools/build_student.py
+	$(SITE_PYTEST) -q tests/site/test_student.py
+	@echo "Student edition: $(abspath _build/student/html/index.html)"
+	@echo "Student notebooks: $(abspath _build/student/notebooks)"
+
+# Executes every chapter again, in a fresh venv: minutes. In `make test` only with TEST_COLAB=1.
+test-colab: bootstrap
+	$(SITE_PYTEST) tests/site/test_colab.py
+
+site-url: bootstrap
+	@$(PY) tools/site_url.py
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis .jupyter_cache
@@ -78,4 +131,4 @@ clean:
 	rm -rf lib/*.egg-info
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) tools/site/node_modules

@@ -9,12 +9,17 @@ Subcommands:
 ``sync [CHAPTER ...]``
     Convert each chapter (default: all) to ``book/X.ipynb`` and execute it with nbclient on the
     CPU in a fixed environment, with stable cell ids (derived from the cell index), no timing
-    metadata and kernel ``python3``.
+    metadata and kernel ``python3``. Each chapter's execution time goes into ``book/status.csv``
+    (one row per chapter, in the order of ``_toc.yml``), which the status page
+    ``book/status.md`` shows; it never enters a notebook, so nbval compares no timing.
 ``check``
     Exit non-zero if a chapter has no notebook, a notebook has no chapter, their cell types,
     sources or metadata (tags, options) differ, a notebook is not fully executed, or a chapter's
     first code cell is not the Colab install cell (tagged ``remove-cell``, installing from the
-    repository URL in ``_config.yml``). ``jupytext --diff`` always exits 0, hence this check.
+    repository URL in ``_config.yml``), or ``book/status.csv`` does not have exactly one row per
+    chapter (linked if it is in ``_toc.yml``). ``jupytext --diff`` always exits 0, hence this check.
+``status``
+    Rewrite ``book/status.csv`` for the current chapters and ``_toc.yml``, keeping the times.
 
 A chapter is a ``book/*.md`` file whose front matter has a ``jupytext`` section.
 """
@@ -23,7 +28,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
+import datetime
+import io
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,6 +54,10 @@ UNSET_ENV = ("MTGMM_PRESET",)
 # Cell metadata that says nothing about the source and may be added by editors or executors.
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled", "jupyter")
 SKIP_EXECUTION_TAG = "skip-execution"
+# Per-chapter execution times of the last `sync`, shown by the status page book/status.md.
+STATUS = BOOK / "status.csv"
+STATUS_HEADER = ["Chapter", "Execution time (s)", "Code cells", "Executed on (UTC)"]
+NOT_RECORDED = "not recorded"
 
 
 def is_chapter(md: Path) -> bool:
@@ -92,7 +105,8 @@ def clean_metadata(meta: dict) -> dict:
     return meta
 
 
-def sync_one(md: Path, timeout: int) -> None:
+def sync_one(md: Path, timeout: int) -> int:
+    """Execute ``md`` into ``md.with_suffix('.ipynb')``; return the number of executed cells."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -124,6 +138,65 @@ def sync_one(md: Path, timeout: int) -> None:
     out = md.with_suffix(".ipynb")
     text = nbformat.writes(nb, version=4)
     out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return sum(1 for c in nb.cells if c["cell_type"] == "code" and c.get("execution_count"))
+
+
+def toc_docnames() -> dict[str, int]:
+    """The documents of ``_toc.yml`` (``book/X``), each with its position."""
+    toc = ROOT / "_toc.yml"
+    text = toc.read_text(encoding="utf-8") if toc.is_file() else ""
+    order: dict[str, int] = {}
+    for line in text.splitlines():
+        line = line.strip().removeprefix("- ")
+        if line.startswith(("file:", "root:")):
+            name = line.split(":", 1)[1].strip().strip("'\"")
+            order.setdefault(Path(name).with_suffix("").as_posix(), len(order))
+    return order
+
+
+def docname(md: Path) -> str:
+    return md.relative_to(ROOT).with_suffix("").as_posix()
+
+
+def status_cell(md: Path, toc: dict[str, int]) -> str:
+    """The Chapter cell of ``book/status.csv``: a link to the chapter's page if it is built."""
+    if docname(md) in toc:
+        return f"{{doc}}`{md.stem}`"
+    return f"{md.stem} (not in _toc.yml)"  # a link to a page not built would fail the build
+
+
+def status_stem(cell: str) -> str:
+    link = re.fullmatch(r"\{doc\}`([^`]+)`", cell)
+    return link.group(1) if link else cell.split(" ", 1)[0]
+
+
+def read_status() -> dict[str, list[str]]:
+    """The rows of ``book/status.csv`` by chapter stem (header excluded)."""
+    if not STATUS.is_file():
+        return {}
+    rows = list(csv.reader(io.StringIO(STATUS.read_text(encoding="utf-8"))))
+    return {status_stem(row[0]): row for row in rows[1:] if row}
+
+
+def status_rows(recorded: dict[str, list[str]]) -> list[list[str]]:
+    """One row per chapter in the order of ``_toc.yml``: ``recorded`` over the existing rows."""
+    old = read_status()
+    toc = toc_docnames()
+    mds = sorted(chapters(), key=lambda md: (toc.get(docname(md), len(toc)), md.name))
+    rows = []
+    for md in mds:
+        values = recorded.get(md.stem) or old.get(md.stem, [""])[1:] or [NOT_RECORDED, "", ""]
+        rows.append([status_cell(md, toc)] + list(values))
+    return rows
+
+
+def write_status(recorded: dict[str, list[str]]) -> None:
+    """Rewrite ``book/status.csv`` (``recorded``: stem -> [seconds, cells, day])."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(STATUS_HEADER)
+    writer.writerows(status_rows(recorded))
+    STATUS.write_text(out.getvalue(), encoding="utf-8")
 
 
 def cmd_sync(args) -> int:
@@ -134,8 +207,17 @@ def cmd_sync(args) -> int:
     for md in resolve(args.chapters):
         t0 = time.perf_counter()
         print(f"sync {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name} ...", flush=True)
-        sync_one(md, args.timeout)
-        print(f"  done in {time.perf_counter() - t0:.1f} s", flush=True)
+        cells = sync_one(md, args.timeout)
+        seconds = time.perf_counter() - t0
+        print(f"  done in {seconds:.1f} s", flush=True)
+        day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        write_status({md.stem: [f"{seconds:.0f}", str(cells), day]})
+    return 0
+
+
+def cmd_status(args) -> int:
+    write_status({})
+    print(f"notebooks.py status: rewrote {STATUS.relative_to(ROOT)}")
     return 0
 
 
@@ -219,6 +301,12 @@ def cmd_check(args) -> int:
             problems.append(
                 f"{ipynb.relative_to(ROOT)}: no chapter {md.name} with a jupytext header"
             )
+    status, where = read_status(), STATUS.relative_to(ROOT)
+    if [row[0] for row in status_rows({})] != [row[0] for row in status.values()]:
+        problems.append(
+            f"{where}: its rows are not one per chapter in the order and form of _toc.yml "
+            "(`python tools/notebooks.py status` rewrites them, keeping the times)"
+        )
     for p in problems:
         print(f"notebooks.py check: {p}", file=sys.stderr)
     if problems:
@@ -240,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sync.set_defaults(func=cmd_sync)
     p_check = sub.add_parser("check", help="fail if a chapter and its notebook disagree")
     p_check.set_defaults(func=cmd_check)
+    p_status = sub.add_parser("status", help="rewrite book/status.csv for the current _toc.yml")
+    p_status.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     return args.func(args)
 

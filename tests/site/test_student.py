@@ -1,0 +1,171 @@
+"""The student edition (``make student``): every exercise, no solution, every check cell.
+
+Each gated solution of a chapter's source (``solution-start`` … ``solution-end``) is read from
+``book/X.md``; its code lines and its phrases of prose must appear in the full book (a check
+that the test looks for the right text) and nowhere in the student edition, while the check
+cell right after it (which asserts the reader's function against ``mtgmm``) must appear in
+both. The student notebooks in ``_build/student/notebooks`` are checked the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+from bs4 import BeautifulSoup
+from helpers import BUILD, ROOT, is_chapter, toc_docnames
+
+CHAPTERS = [d for d in toc_docnames() if is_chapter(d)]
+FENCE = re.compile(r"^(`{3,}|:{3,})\{([a-z:-]+)\}")
+PHRASE = re.compile(r"(?:[A-Za-z]+ ){4,}[A-Za-z]+")  # five or more plain words in a row
+
+
+@dataclass
+class Solution:
+    label: str
+    code: list[str] = field(default_factory=list)  # lines of its code cells
+    prose: list[str] = field(default_factory=list)  # phrases of its text
+    check: list[str] = field(default_factory=list)  # lines of the code cell right after it
+
+
+def code_cells(lines: list[str], i: int) -> tuple[list[str], int]:
+    """The code lines of the ``code-cell`` that opens at line ``i``; the line after it."""
+    fence = FENCE.match(lines[i]).group(1)
+    out, j = [], i + 1
+    while j < len(lines) and lines[j].startswith(":"):  # options such as :tags:
+        j += 1
+    while j < len(lines) and lines[j].strip() != fence:
+        if lines[j].strip():
+            out.append(lines[j].strip())
+        j += 1
+    return out, j + 1
+
+
+def solutions(md: Path) -> tuple[list[Solution], set[str]]:
+    """The gated solutions of a chapter, and the code lines outside them."""
+    lines = md.read_text(encoding="utf-8").splitlines()
+    found: list[Solution] = []
+    outside: set[str] = set()
+    current = None
+    after_end = False
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i].strip())
+        name = m.group(2) if m else None
+        if name == "solution-start":
+            current = Solution(label=lines[i].split("}", 1)[1].strip())
+            after_end = False
+        elif name == "solution-end":
+            found.append(current)
+            current, after_end = None, True
+        elif name == "code-cell":
+            code, i = code_cells(lines, i)
+            if current is not None:
+                current.code += code
+            else:
+                outside.update(code)
+                if after_end:
+                    found[-1].check = code
+            after_end = False
+            continue
+        elif lines[i].strip() and after_end and not m and lines[i].strip() != "```":
+            after_end = False  # text between the solution and the next code cell
+        elif current is not None and not m and not lines[i].startswith(":"):
+            text = re.sub(r"\$[^$]*\$|\{[a-z:]+\}`[^`]*`|`[^`]*`", " ", lines[i])
+            current.prose += PHRASE.findall(text)
+        i += 1
+    return found, outside
+
+
+def soup(html: Path) -> BeautifulSoup:
+    return BeautifulSoup(html.read_text(encoding="utf-8"), "html.parser")
+
+
+def page_text(html: Path) -> tuple[str, str]:
+    """(all text, text of the code blocks) of a built page, whitespace normalised per line."""
+    doc = soup(html)
+    main = doc.select_one("main") or doc
+    text = " ".join(main.get_text(" ").split())
+    code = "\n".join(
+        " ".join(line.split()) for pre in main.select("pre") for line in pre.get_text().splitlines()
+    )
+    return text, code
+
+
+def hidden_lines(sol: Solution, outside: set[str]) -> list[str]:
+    """The solution's code lines that appear nowhere else in the chapter (so must vanish)."""
+    return [" ".join(c.split()) for c in sol.code if c not in outside and len(c) >= 8]
+
+
+@pytest.mark.parametrize("docname", CHAPTERS)
+def test_student_page(site, student_site, docname):
+    sols, outside = solutions(ROOT / f"{docname}.md")
+    full_text, full_code = page_text(site / f"{docname}.html")
+    text, code = page_text(student_site / f"{docname}.html")
+    student = BeautifulSoup(
+        (student_site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser"
+    )
+    full = BeautifulSoup((site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser")
+
+    assert len(student.select("div.exercise")) == len(full.select("div.exercise")) > 0
+    assert not student.select("div.solution"), "a solution box in the student edition"
+    assert not student.select(".dropdown-launch-buttons"), "launch buttons open the full book"
+    assert not student.select("a[href$='.ipynb']"), "a link to a notebook with the solutions"
+    for sol in sols:
+        for line in hidden_lines(sol, outside):
+            assert line in full_code, f"{sol.label}: {line!r} not found in the full book"
+            assert line not in code, f"{sol.label}: solution code {line!r} in the student edition"
+        for phrase in sol.prose:
+            assert phrase in full_text, f"{sol.label}: {phrase!r} not found in the full book"
+            assert phrase not in text, (
+                f"{sol.label}: solution text {phrase!r} in the student edition"
+            )
+        for line in sol.check:
+            line = " ".join(line.split())
+            assert line in code, f"{sol.label}: check cell line {line!r} missing"
+
+
+def test_some_solutions_have_checks():
+    """The test above is not vacuous: the book has gated solutions, with check cells."""
+    found = [s for d in CHAPTERS for s in solutions(ROOT / f"{d}.md")[0]]
+    assert found, "no gated solution in any chapter"
+    assert any(s.check for s in found), "no check cell after any solution"
+    assert any(s.prose for s in found) and any(s.code for s in found)
+
+
+def test_student_site_hands_out_no_sources(student_site):
+    assert not (student_site / "_sources").exists(), "_sources holds the full notebooks"
+
+
+@pytest.mark.parametrize("docname", CHAPTERS)
+def test_student_notebook(student_site, docname):
+    sols, outside = solutions(ROOT / f"{docname}.md")
+    path = BUILD / "student" / "notebooks" / f"{Path(docname).name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    original = nbformat.read(ROOT / f"{docname}.ipynb", as_version=4)
+    assert nb.cells[0].source == next(c.source for c in original.cells), "Colab cell first"
+    sources = "\n".join(c.source for c in nb.cells)
+    assert "solution-start" not in sources and "solution-end" not in sources
+    assert sources.count("exercise-start") == sum(
+        c.source.count("exercise-start") for c in original.cells
+    )
+    code = "\n".join(
+        " ".join(line.split())
+        for c in nb.cells
+        if c.cell_type == "code"
+        for line in c.source.splitlines()
+    )
+    for sol in sols:
+        for line in hidden_lines(sol, outside):
+            assert line not in code, f"{sol.label}: solution code {line!r} in the notebook"
+        for phrase in sol.prose:
+            assert phrase not in sources, f"{sol.label}: solution text {phrase!r} in the notebook"
+        for line in sol.check:
+            assert " ".join(line.split()) in code, f"{sol.label}: check cell missing"
+    answers = [c for c in nb.cells if "student-answer" in c.metadata.get("tags", [])]
+    assert len(answers) == sum(1 for s in sols if s.code)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
