@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..attention import attention_weights
+from ..best import readout_fit
 from ..mixture import MultiTokenGMM, add_noise
 from ..objective import noisy_batch
 from ..runtime import by_preset
@@ -128,3 +129,54 @@ def ess_profile(
     return EssProfile(
         temperatures, n_tokens, torch.stack(measured), torch.stack(measured_se), torch.stack(closed)
     )
+
+
+@dataclass(frozen=True)
+class TemperatureTradeoff:
+    """Excess risk of ``W_KQ = c (P − J)`` with the best value and skip matrices, against
+    the temperature c s² (columns) for several token counts (rows), with standard errors."""
+
+    temperatures: Tensor
+    token_counts: Tensor
+    excess: Tensor
+    stderr: Tensor
+
+    def best_temperature(self) -> Tensor:
+        """The grid temperature with the smallest excess, per token count."""
+        return self.temperatures[self.excess.argmin(-1)]
+
+
+def temperature_tradeoff(
+    gmm: MultiTokenGMM,
+    alpha_bar: float,
+    temperatures: Tensor | None = None,
+    token_counts: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> TemperatureTradeoff:
+    """Profile the excess over the temperature with :func:`mtgmm.best.readout_fit`."""
+    temperatures = (
+        temperatures
+        if temperatures is not None
+        else torch.tensor(
+            by_preset((0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0), tuple(x / 40 for x in range(41))),
+            dtype=torch.float64,
+        )
+    )
+    token_counts = token_counts or by_preset((16, 64, 256), (16, 64, 256, 1024, 4096))
+    s2 = gmm.noise_variance(alpha_bar).item()
+    budget = by_preset(2**14, 2**17)
+    excess = torch.zeros(len(token_counts), len(temperatures), dtype=torch.float64)
+    stderr = torch.zeros_like(excess)
+    for i, n_tokens in enumerate(token_counts):
+        for j, temperature in enumerate(temperatures.tolist()):
+            c = temperature / s2
+            _, excess[i, j], stderr[i, j] = readout_fit(
+                gmm,
+                alpha_bar,
+                n_tokens,
+                torch.tensor([c, 0.0, -c]),
+                n_sequences=max(32, budget // n_tokens),
+                generator=torch.Generator().manual_seed(seed + 100 * i + j),
+                n_eval_sequences=by_preset(256, 2048),
+            )
+    return TemperatureTradeoff(temperatures, torch.tensor(token_counts), excess, stderr)

@@ -1,0 +1,244 @@
+"""The best one-layer attention denoiser in the symmetric class (chapter *Training
+dynamics*; the finite-L trade-off is derived in chapter *Self-attention as a mean denoiser*).
+
+For orthogonal, equal-norm means and uniform weights the population loss is invariant under
+the orthogonal maps that permute the means, so its symmetric critical points have each
+matrix of the form ``W = α P + β P⊥ + γ J`` (:class:`~mtgmm.attention.SymmetricBasis`).
+:func:`best_in_class` finds the best such model at one noise level.
+
+The search profiles out value and skip exactly. For a fixed ``W_KQ`` the layer
+``f(X) = X W_S + A X W_V`` (``A = softmax(X W_KQ Xᵀ)``) is linear in the six coefficients
+θ of ``W_V`` and ``W_S``: ``f = Σ_m θ_m F_m`` with features ``X B_m`` and ``A X B_m``
+(``B_m`` ∈ {P, P⊥, J}). The excess ``E‖f − ε*‖²`` is quadratic in θ, minimised by
+``θ = G⁻¹ h`` with ``G_mn = E⟨F_m, F_n⟩`` and ``h_m = E⟨F_m, ε*⟩``; the profile
+``ℓ(κ) = E‖ε*‖² − hᵀ G⁻¹ h`` depends only on the three coordinates κ of ``W_KQ``. It is
+minimised by L-BFGS with autograd gradients, on one fixed sample of sequences (sample
+average approximation: the same sample at every iterate, so ℓ is a smooth deterministic
+function), and the minimiser is then scored on fresh, independent sequences. The target is
+the oracle ε* rather than the noise ε: the two have the same minimiser, but regressing on
+ε* removes the irreducible noise ε − ε* from the sample and so from the fitted θ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import optimize
+from torch import Tensor
+
+from ._checks import alpha_bar_tensor, positive_int
+from .attention import AttentionDenoiser, SymmetricBasis, attend
+from .mixture import MultiTokenGMM
+from .objective import excess_risk, noisy_batch
+from .oracle import bayes_risk, oracle_eps
+
+TOKEN_BUDGET = 2**17
+"""Default size of the fitting sample, in tokens: ``n_sequences = max(64, TOKEN_BUDGET // L)``."""
+
+START_TEMPERATURES = (-0.2, 0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+"""Values of ``c s²`` tried as starts ``W_KQ = c (P − J)``; L-BFGS starts from the best."""
+
+
+@dataclass(frozen=True)
+class BestInClass:
+    """The best symmetric one-layer model at one noise level.
+
+    Attributes:
+        model: the :class:`AttentionDenoiser` with the fitted weights.
+        coefficients: ``(3, 3)`` float64 tensor; rows ``W_KQ, W_V, W_S``, columns the
+            coordinates ``(α, β, γ)`` of ``α P + β P⊥ + γ J``.
+        excess: per-token excess risk ``E‖f − ε*‖²`` on fresh sequences.
+        stderr: its standard error (sequences as the independent units).
+        fit_excess: the profile objective at the optimum on the fitting sample (optimistic).
+        bayes_risk: the Bayes risk R*_t, for scale, and ``bayes_risk_stderr`` its error.
+        n_sequences: size of the fitting sample.
+    """
+
+    model: AttentionDenoiser
+    coefficients: Tensor
+    excess: float
+    stderr: float
+    fit_excess: float
+    bayes_risk: float
+    bayes_risk_stderr: float
+    n_sequences: int
+
+
+def _basis(gmm: MultiTokenGMM, include_j: bool) -> tuple[Tensor, list[int]]:
+    """The non-zero matrices among (P, P⊥, J) (J only if ``include_j``) and their columns."""
+    sym = SymmetricBasis(gmm)
+    candidates = [sym.P, sym.P_perp, sym.J][: 3 if include_j else 2]
+    keep = [i for i, b in enumerate(candidates) if b.abs().max() > 0]
+    return torch.stack([candidates[i] for i in keep]), keep
+
+
+def _profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
+    """The profile excess ℓ(κ) on a fixed sample and the optimal value/skip coefficients.
+
+    ``x`` (n, L, d) in the compute dtype, ``target`` = ε*(x) in float64. Returns a function
+    ``κ ↦ (ℓ, θ)`` with ℓ a float64 scalar tensor carrying the graph back to κ.
+    """
+    n_tokens = x.shape[0] * x.shape[1]
+    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    flat_target = target.flatten()
+    skip = (x.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()  # X B_m
+    g_skip, h_skip = skip @ skip.T, skip @ flat_target
+    total = flat_target @ flat_target
+
+    def evaluate(kappa: Tensor) -> tuple[Tensor, Tensor]:
+        w_kq = torch.einsum("m,mij->ij", kappa, basis.to(kappa))
+        attended = attend(x, w_kq.to(x), eye, mask_self)  # A X
+        value = (attended.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()
+        cross = skip @ value.T
+        gram = torch.cat([torch.cat([g_skip, cross], 1), torch.cat([cross.T, value @ value.T], 1)])
+        h = torch.cat([h_skip, value @ flat_target])
+        theta = torch.linalg.solve(gram, h)
+        return (total - h @ theta) / n_tokens, theta
+
+    return evaluate
+
+
+def _fit(evaluate, starts: Tensor) -> tuple[np.ndarray, float]:
+    """L-BFGS on the profile from the best of the ``starts`` (rows of κ)."""
+    with torch.no_grad():
+        values = [evaluate(k)[0].item() for k in starts]
+    best = starts[int(np.argmin(values))].numpy()
+
+    def fun(k: np.ndarray) -> tuple[float, np.ndarray]:
+        kappa = torch.tensor(k, dtype=torch.float64, requires_grad=True)
+        value, _ = evaluate(kappa)
+        value.backward()
+        return value.item(), kappa.grad.numpy().copy()
+
+    result = optimize.minimize(fun, best, jac=True, method="L-BFGS-B", options={"ftol": 1e-6})
+    return result.x, float(result.fun)
+
+
+def best_in_class(
+    gmm: MultiTokenGMM,
+    alpha_bar: float,
+    n_tokens: int,
+    n_sequences: int | None = None,
+    generator: torch.Generator | None = None,
+    include_j: bool = True,
+    mask_self: bool = False,
+    n_eval_sequences: int = 2048,
+    bayes_samples: int = 200_000,
+) -> BestInClass:
+    """The best one-layer model ``W = α P + β P⊥ (+ γ J)`` for each of ``W_KQ, W_V, W_S``.
+
+    Minimises the excess risk over the 9 coordinates (6 with ``include_j=False``) by
+    profiling out ``W_V, W_S`` (least squares, exact) and running L-BFGS on the 3 (or 2)
+    coordinates of ``W_KQ`` (see the module docstring). Starts: ``W_KQ = c (P − J)`` (``c P``
+    without J) for ``c s²`` in :data:`START_TEMPERATURES`; L-BFGS runs from the best.
+
+    Args:
+        gmm: the mixture (the class is the symmetric one when the means are orthogonal with
+            equal norms and π is uniform; for other mixtures it is still a valid restricted
+            class, just not the symmetric one).
+        alpha_bar: the noise level ᾱ in (0, 1].
+        n_tokens: L, tokens per sequence.
+        n_sequences: size of the fixed fitting sample; default ``max(64, 2^17 // L)``
+            sequences (about 2^17 tokens). The cost of one profile evaluation is
+            ``O(n L² d)``, so the default keeps it near ``2^17 L d``; the fitted excess is
+            biased low by about (number of coordinates)/(number of sequences) times the
+            per-sequence variance, negligible at the default, and the fresh evaluation is
+            unbiased anyway. At L = 128 a call takes a few seconds on a laptop CPU.
+        generator: seeds the fitting sample, the evaluation sample and the Bayes-risk sample
+            (three independent streams drawn from it).
+        include_j: keep the J (mean-direction) terms.
+        mask_self: fit the variant in which a token does not attend to itself.
+        n_eval_sequences: fresh sequences for the reported excess and its standard error.
+        bayes_samples: Monte Carlo samples for the Bayes risk (reported for scale).
+    """
+    n_tokens = positive_int(n_tokens, "n_tokens")
+    n_eval_sequences = positive_int(n_eval_sequences, "n_eval_sequences")
+    if n_sequences is None:
+        n_sequences = max(64, TOKEN_BUDGET // n_tokens)
+    n_sequences = positive_int(n_sequences, "n_sequences")
+    ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
+    if ab.numel() != 1:
+        raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+    s2 = gmm.noise_variance(ab).item()
+    if s2 == 0:
+        raise ValueError("best_in_class needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+    if mask_self and n_tokens < 2:
+        raise ValueError("mask_self needs at least 2 tokens per sequence (n_tokens >= 2)")
+    ab = ab.item()
+    seeds = torch.randint(2**62, (3,), generator=generator).tolist()
+    streams = [torch.Generator().manual_seed(s) for s in seeds]
+
+    gmm64 = gmm.to(device="cpu", dtype=torch.float64)
+    x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, streams[0])
+    basis, columns = _basis(gmm64, include_j)
+    evaluate = _profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+
+    direction = torch.tensor([1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64)
+    starts = torch.stack([(c / s2) * direction[columns] for c in START_TEMPERATURES])
+    kappa, fit = _fit(evaluate, starts)
+
+    with torch.no_grad():
+        _, theta = evaluate(torch.tensor(kappa, dtype=torch.float64))
+    m = len(columns)
+    coefficients = torch.zeros(3, 3, dtype=torch.float64)
+    coefficients[0, columns] = torch.tensor(kappa, dtype=torch.float64)
+    coefficients[2, columns] = theta[:m]  # skip: X B_m
+    coefficients[1, columns] = theta[m:]  # value: A X B_m
+    sym = SymmetricBasis(gmm64)
+    model = AttentionDenoiser(gmm.dim, mask_self)
+    model.set_weights(*sym.compose(coefficients))
+    excess, stderr = excess_risk(
+        model,
+        gmm.to(device="cpu", dtype=torch.float32),
+        ab,
+        n_tokens,
+        n_eval_sequences,
+        streams[1],
+    )
+    risk, risk_se = bayes_risk(gmm64, ab, bayes_samples, streams[2])
+    return BestInClass(model, coefficients, excess, stderr, fit, risk, risk_se, n_sequences)
+
+
+def readout_fit(
+    gmm: MultiTokenGMM,
+    alpha_bar: float,
+    n_tokens: int,
+    w_kq_coordinates: Tensor,
+    n_sequences: int | None = None,
+    generator: torch.Generator | None = None,
+    mask_self: bool = False,
+    n_eval_sequences: int = 1024,
+) -> tuple[AttentionDenoiser, float, float]:
+    """The best value and skip matrices for a *fixed* ``W_KQ = α P + β P⊥ + γ J``
+    (``w_kq_coordinates`` = (α, β, γ)): least squares on a fitting sample, as in
+    :func:`best_in_class`, then the excess on fresh sequences. Returns the model, the excess
+    and its standard error (chapter *Self-attention as a mean denoiser*: the bias–variance
+    trade-off in the temperature)."""
+    n_tokens = positive_int(n_tokens, "n_tokens")
+    n_sequences = positive_int(n_sequences or max(64, TOKEN_BUDGET // n_tokens), "n_sequences")
+    ab = float(alpha_bar_tensor(alpha_bar).reshape(()))
+    fit_stream, eval_stream = (
+        torch.Generator().manual_seed(s)
+        for s in torch.randint(2**62, (2,), generator=generator).tolist()
+    )
+    gmm64 = gmm.to(device="cpu", dtype=torch.float64)
+    x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, fit_stream)
+    basis, columns = _basis(gmm64, include_j=True)
+    evaluate = _profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+    kappa = torch.as_tensor(w_kq_coordinates, dtype=torch.float64)[columns]
+    with torch.no_grad():
+        _, theta = evaluate(kappa)
+    m = len(columns)
+    coefficients = torch.zeros(3, 3, dtype=torch.float64)
+    coefficients[0, columns], coefficients[2, columns], coefficients[1, columns] = (
+        kappa,
+        theta[:m],
+        theta[m:],
+    )
+    model = AttentionDenoiser(gmm.dim, mask_self)
+    model.set_weights(*SymmetricBasis(gmm64).compose(coefficients))
+    gmm32 = gmm.to(device="cpu", dtype=torch.float32)
+    excess, stderr = excess_risk(model, gmm32, ab, n_tokens, n_eval_sequences, eval_stream)
+    return model, excess, stderr
