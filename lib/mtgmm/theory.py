@@ -1,6 +1,6 @@
 """Theory toolkit: the infinite-token limit of attention, its finite-token corrections, the
 invariant subspace and the convergence bounds (chapters *Self-attention as a mean
-denoiser*, *Finitely many tokens*, *Training dynamics* and *Convergence*).
+denoiser*, *Tokens per data point*, *Training dynamics* and *The convergence theorem*).
 
 Notation: at level ᾱ a noisy token is drawn from the marginal ``Σ_k π_k N(a μ_k, s² I)``,
 ``a = √ᾱ``, ``b = √(1−ᾱ)``, ``s² = a²σ0² + b²``. Rows are tokens; a query row is
@@ -180,7 +180,7 @@ def ess_fraction(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor) -> Te
     The second factor lies in (0, 1] (Cauchy–Schwarz). For one component it is 1; for a
     query near cluster k at high SNR it is about π_k (only that cluster's keys count). So
     with ``W_KQ = cP`` the ESS is about ``L π_k exp(−c² s² ‖P x‖²)``: exponentially small in
-    SNR² at the oracle temperature c = 1/s² (chapter *Finitely many tokens*).
+    SNR² at the oracle temperature c = 1/s² (chapter *Self-attention as a mean denoiser*).
     """
     a, s2, means, log_pi = _levels(gmm, alpha_bar, q)
     qm = q @ means.T
@@ -281,7 +281,8 @@ def variance_exponent(w_kq: Tensor, gmm: MultiTokenGMM, alpha_bar: float) -> flo
     κ < 1 as well; for κ ≥ 1 the 1/L constant is reported as infinite (the bias term, of the
     same exponential order, is not shown to cancel). For ``W_KQ = c(P − J)`` or ``cP``,
     κ = 2(c s²)²: finite iff c s² < 1/√2, so never at the oracle temperature c s² = 1,
-    where the excess indeed falls more slowly than 1/L (chapter *Finitely many tokens*).
+    where the excess indeed falls more slowly than 1/L (chapter *Self-attention as a mean
+    denoiser*).
     """
     w = torch.as_tensor(w_kq).detach().to(torch.float64)
     if w.ndim != 2:
@@ -293,7 +294,7 @@ def variance_exponent(w_kq: Tensor, gmm: MultiTokenGMM, alpha_bar: float) -> flo
 @dataclass(frozen=True)
 class TokenExpansion:
     """First-order expansion of a fixed layer's excess risk in the number of keys
-    (asymptotic, L → ∞; chapter *Finitely many tokens*):
+    (asymptotic, L → ∞; chapter *Self-attention as a mean denoiser*):
 
         excess(L) ≈ limit + (variance + bias) / n,   n = L − 1 i.i.d. keys per query.
 
@@ -366,8 +367,8 @@ def token_expansion(
     tokens (closed forms inside each term). ``mask_self`` defaults to the model's own
     setting (False for bare matrices). Asymptotic in L: accurate when L times the ESS
     fraction of typical queries is large, i.e. at low temperature; see
-    :func:`variance_exponent` for when the constant is finite (chapter *Finitely many
-    tokens*)."""
+    :func:`variance_exponent` for when the constant is finite (chapter *Self-attention as a
+    mean denoiser*)."""
     n_samples = positive_int(n_samples, "n_samples")
     ab = _single_level(alpha_bar)
     mask = _mask_self_of(weights, mask_self)
@@ -550,7 +551,7 @@ def readout_hessian(
     :class:`SymmetricBasis`, returns the (2m × 2m) Hessian in the Frobenius-orthonormal
     coordinates of :func:`orthonormal_symmetric_basis`, W_V's coordinates first. Its extreme
     eigenvalues are the strong convexity μ and smoothness of :func:`gd_iterations`
-    (chapter *Convergence*).
+    (chapter *The convergence theorem*).
     """
     if x_t.ndim != 3:
         raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
@@ -580,7 +581,7 @@ def gd_iterations(
     quadratic: bool = False,
 ) -> int:
     """Iterations of gradient descent that guarantee ``f(θ_k) − f* ≤ target`` from
-    ``f(θ_0) − f* = excess0`` (a rigorous bound; chapter *Convergence*).
+    ``f(θ_0) − f* = excess0`` (a rigorous bound; chapter *The convergence theorem*).
 
     General μ-strongly convex, ℓ-smooth f, step η ∈ (0, 1/ℓ]: ``f(θ_k) − f* ≤ (1 − ημ)^k
     (f(θ_0) − f*)``, so ``k = ⌈log(excess0/target) / (−log(1 − ημ))⌉``.
