@@ -15,6 +15,7 @@ from .attention import (
     attention_weights,
     mean_denoising_weights,
 )
+from .best import best_in_class
 from .mixture import MultiTokenGMM, add_noise
 from .objective import ddpm_loss, excess_risk, noisy_batch
 from .oracle import (
@@ -28,6 +29,7 @@ from .oracle import (
 from .runtime import by_preset, describe, pick_device, preset, set_preset
 from .sampling import ddpm_sample, oracle_eps_fn
 from .schedules import NoiseSchedule
+from .training import train, train_bank
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,7 @@ __all__ = [
     "add_noise",
     "bayes_risk",
     "bayes_risk_estimates",
+    "best_in_class",
     "by_preset",
     "describe",
     "oracle_eps",
@@ -60,4 +63,6 @@ __all__ = [
     "preset",
     "set_preset",
     "theory",
+    "train",
+    "train_bank",
 ]
