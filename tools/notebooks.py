@@ -264,6 +264,10 @@ def check_one(md: Path, url: str) -> list[str]:
         tags = cell.get("metadata", {}).get("tags", [])
         if cell["cell_type"] != "code":
             continue
+        if cell["source"].rstrip().endswith(";"):
+            # nbval runs cells with store_history=False, where a trailing ';' does not
+            # silence the last value: its repr would appear in nbval's output only
+            problems.append(f"{ipynb.name}: cell {i} ends with ';' (assign to _ instead)")
         if SKIP_EXECUTION_TAG in tags and "nbval-skip" not in tags:
             # nbclient and myst-nb skip such a cell, nbval would run it
             problems.append(
