@@ -17,6 +17,14 @@ average approximation: the same sample at every iterate, so ℓ is a smooth dete
 function), and the minimiser is then scored on fresh, independent sequences. The target is
 the oracle ε* rather than the noise ε: the two have the same minimiser, but regressing on
 ε* removes the irreducible noise ε − ε* from the sample and so from the fitted θ.
+
+Findings (d = 8, K = 4, r = 4, σ0 = 0.5; excess per token on 2048 fresh sequences): see
+:func:`best_in_class` for the table reproducing the science brief's reference values. The
+profile along ``W_KQ = c (P − J)`` has a stationary point at c = 0 (uniform attention), a
+local maximum at long contexts and a local minimum at short ones; at ᾱ = 0.5, L = 8 it is the
+global minimum (1.68), below the positive-temperature local minimum (≈ 1.74) that the brief
+reports, and at ᾱ = 0.1 (L = 128) the optimum is W_KQ ≈ 0 too: there a linear map of the token
+and of the sequence mean (the J terms) is all a one-layer model can use.
 """
 
 from __future__ import annotations
@@ -152,6 +160,23 @@ def best_in_class(
         mask_self: fit the variant in which a token does not attend to itself.
         n_eval_sequences: fresh sequences for the reported excess and its standard error.
         bayes_samples: Monte Carlo samples for the Bayes risk (reported for scale).
+
+    Reproduced reference values (generator seed 0; excess ± standard error on 2048 fresh
+    sequences; the science brief's values in brackets):
+
+    ====  =======================  =====================  ==============================
+    L     ᾱ = 0.9                  ᾱ = 0.5                ᾱ = 0.1
+    ====  =======================  =====================  ==============================
+    8     0.704 ± 0.006 [0.70]     1.680 ± 0.009 [1.74]
+    32    0.292 ± 0.003 [0.29]     1.091 ± 0.007 [1.08]   0.118 ± 0.001
+    128   0.095 ± 0.001 [0.094]    0.578 ± 0.004 [0.58]   0.0954 ± 0.0003 [0.095];
+                                                          no J 0.1649 ± 0.0005 [0.167]
+    512   0.0313 ± 0.0003 [0.032]  0.299 ± 0.002 [0.30]
+    ====  =======================  =====================  ==============================
+
+    At ᾱ = 0.5, L = 8 the optimum is uniform attention (W_KQ ≈ 0), below the
+    positive-temperature local minimum the brief's 1.74 corresponds to; at ᾱ = 0.1 the optimum
+    has W_KQ ≈ 0 as well.
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_eval_sequences = positive_int(n_eval_sequences, "n_eval_sequences")
