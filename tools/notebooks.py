@@ -264,6 +264,11 @@ def check_one(md: Path, url: str) -> list[str]:
         tags = cell.get("metadata", {}).get("tags", [])
         if cell["cell_type"] != "code":
             continue
+        figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
+        rich = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream"]
+        if figure and len(rich) > 1:
+            # myst-nb wraps every rich output in the figure: two outputs, two targets
+            problems.append(f"{ipynb.name}: figure cell {i} has {len(rich)} outputs (expected 1)")
         if cell["source"].rstrip().endswith(";"):
             # nbval runs cells with store_history=False, where a trailing ';' does not
             # silence the last value: its repr would appear in nbval's output only
