@@ -23,16 +23,6 @@ from .conftest import rng
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread avoids oversubscribing a shared CPU
-    (measured: the same gradients 10-50x slower with 2 threads on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _layer_output(x, w_kq, w_v, w_s, mask_self):
     model = AttentionDenoiser(x.shape[-1], mask_self=mask_self).double()
     params = {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}

@@ -46,16 +46,6 @@ from .conftest import rng
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread avoids oversubscribing a shared CPU
-    (measured: the same gradients 10-50x slower with 2 threads on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _marginal(g: MultiTokenGMM, alpha_bar: float, n_sets: int, n_keys: int, gen) -> torch.Tensor:
     """(n_sets, n_keys, d) i.i.d. noisy tokens from the step-ᾱ marginal."""
     x0, _ = g.sample(n_sets, n_keys, generator=gen)
