@@ -266,8 +266,9 @@ def check_one(md: Path, url: str) -> list[str]:
             continue
         figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
         rich = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream"]
-        if figure and len(rich) > 1:
-            # myst-nb wraps every rich output in the figure: two outputs, two targets
+        if figure and len(rich) != 1:
+            # myst-nb wraps every rich output in the figure: two outputs, two targets; none, and
+            # the caption is left without a figure
             problems.append(f"{ipynb.name}: figure cell {i} has {len(rich)} outputs (expected 1)")
         if cell["source"].rstrip().endswith(";"):
             # nbval runs cells with store_history=False, where a trailing ';' does not

@@ -24,7 +24,7 @@ def _chapters(book: Path, selected: list[str]) -> list[Path]:
         order = [
             line.split("book/")[-1].strip()
             for line in toc.read_text().splitlines()
-            if "file: book/" in line
+            if "file: book/" in line or "root: book/" in line
         ]
     chapters = [book / f"{name}.md" for name in order] or sorted(book.glob("*.md"))
     chapters = [c for c in chapters if c.is_file() and "jupytext:" in c.read_text()[:400]]
