@@ -5,13 +5,20 @@ full preset on the best available device, writes the executed notebooks and ever
 (PNG) into an output folder, and prints the execution time of each chapter. Run it from a
 checkout of the book's repository (it needs ``jupytext`` and ``nbclient``, installed by the
 ``test`` extra). ``--quick`` runs the quick preset instead; ``--chapters`` selects chapters.
+
+The times go to ``times.csv`` in the output folder; ``--record`` also merges them into
+``book/full_scale.csv``, the table of the book's page *Reproduce at full scale* (one row per
+chapter and device, replaced when measured again).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import csv
+import datetime
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -62,12 +69,46 @@ def _run(chapter: Path, out: Path, preset: str) -> float:
     return elapsed
 
 
+TIMES_HEADER = ["Chapter", "Preset", "Device", "Execution time (s)", "Machine", "Date (UTC)"]
+
+
+def _machine(device: str) -> str:
+    """A short description of where the chapters ran."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+        if line.startswith("model name")
+    ]
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
+
+
+def _write_times(path: Path, rows: list[list[str]], merge: bool) -> None:
+    """Write ``rows`` to the CSV ``path``; with ``merge``, keep the existing rows of other
+    (chapter, preset, device) keys, in their order, and append or replace ours."""
+    kept: list[list[str]] = []
+    if merge and path.is_file():
+        with path.open(newline="", encoding="utf-8") as f:
+            kept = list(csv.reader(f))[1:]
+    ours = {tuple(r[:3]): r for r in rows}
+    merged = [ours.pop(tuple(r[:3]), r) for r in kept] + list(ours.values())
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([TIMES_HEADER, *merged])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtgmm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--book", type=Path, default=Path("book"), help="folder of the chapters")
     parser.add_argument("--out", type=Path, default=Path("_build/full"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="run the quick preset instead")
     parser.add_argument("--chapters", nargs="*", default=[], help="chapter names (default: all)")
+    parser.add_argument(
+        "--record", action="store_true", help="merge the times into book/full_scale.csv"
+    )
     args = parser.parse_args(argv)
     chapters = _chapters(args.book, args.chapters)
     if not chapters:
@@ -77,9 +118,16 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = "quick" if args.quick else "full"
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"preset {preset} on {pick_device().type}; writing to {args.out.resolve()}")
+    device = pick_device().type
+    print(f"preset {preset} on {device}; writing to {args.out.resolve()}")
+    today, machine, rows = datetime.date.today().isoformat(), _machine(device), []
     for chapter in chapters:
-        print(f"{chapter.stem:>12}: {_run(chapter, args.out, preset):8.1f} s", flush=True)
+        seconds = _run(chapter, args.out, preset)
+        print(f"{chapter.stem:>12}: {seconds:8.1f} s", flush=True)
+        rows.append([f"{{doc}}`{chapter.stem}`", preset, device, f"{seconds:.0f}", machine, today])
+    _write_times(args.out / "times.csv", rows, merge=False)
+    if args.record:
+        _write_times(args.book / "full_scale.csv", rows, merge=True)
     return 0
 
 
