@@ -5,7 +5,7 @@ importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` 
 ``experiments`` → ``plotting``.
 """
 
-from . import metrics, theory
+from . import bounds, metrics, theory
 from .attention import (
     AttentionBank,
     AttentionDenoiser,
@@ -34,6 +34,7 @@ from .training import train, train_bank
 __version__ = "0.1.0"
 
 __all__ = [
+    "bounds",
     "AttentionBank",
     "AttentionDenoiser",
     "SymmetricBasis",

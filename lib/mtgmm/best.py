@@ -43,7 +43,7 @@ from .objective import excess_risk, noisy_batch
 from .oracle import bayes_risk, oracle_eps
 
 TOKEN_BUDGET = 2**17
-"""Default size of the fitting sample, in tokens: ``n_sequences = max(64, TOKEN_BUDGET // L)``."""
+"""Default size of the fitting sample in tokens (``n_sequences = max(64, TOKEN_BUDGET // L)``)."""
 
 START_TEMPERATURES = (-0.2, 0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 """Values of ``c s²`` tried as starts ``W_KQ = c (P − J)``; L-BFGS starts from the best."""
@@ -54,7 +54,7 @@ class BestInClass:
     """The best symmetric one-layer model at one noise level.
 
     Attributes:
-        model: the :class:`AttentionDenoiser` with the fitted weights.
+        model: the :class:`~mtgmm.attention.AttentionDenoiser` with the fitted weights.
         coefficients: ``(3, 3)`` float64 tensor; rows ``W_KQ, W_V, W_S``, columns the
             coordinates ``(α, β, γ)`` of ``α P + β P⊥ + γ J``.
         excess: per-token excess risk ``E‖f − ε*‖²`` on fresh sequences.

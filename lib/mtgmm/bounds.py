@@ -54,6 +54,16 @@ erratic (at ᾱ = 0.9 a grid point at c s² = 0.48 returned a *negative* first-o
 the default grid stops at 0.28. As L → ∞ the bound tends to the smallest L = ∞ excess on the
 grid, which is positive: below that floor the bound says nothing, because hotter temperatures
 (and, beyond κ = 1, the oracle's) have either unreliable or no 1/L constant.
+
+**The temperature landscape and the iteration count.** :class:`Profile` is the profile excess
+ℓ(τ) along the temperature line (readout solved exactly, one fixed sample of sequences), with
+its derivative by automatic differentiation; :func:`sign_changes` lists the stationary points a
+grid resolves, and :func:`temperature_iterations` the number of gradient steps on ℓ that the
+lemma on the temperature landscape guarantees. The readout's own count is
+:func:`mtgmm.theory.gd_iterations`.
+
+Layer: after :mod:`mtgmm.best` (whose profiled least squares :class:`Profile` reuses), before
+:mod:`mtgmm.training`.
 """
 
 from __future__ import annotations
@@ -63,25 +73,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from scipy import optimize
 from torch import Tensor
 
 from ._checks import alpha_bar_tensor, nonnegative_float, positive_int
-from .attention import SymmetricBasis
+from .attention import SymmetricBasis, attend
+from .best import _basis, _profile
 from .mixture import MultiTokenGMM
+from .objective import noisy_batch
 from .oracle import oracle_eps
 from .theory import (
     _marginal_tokens,
     _tilted_terms,
     attention_bias,
-    ess_fraction,
     orthonormal_symmetric_basis,
 )
 
-DEFAULT_TEMPERATURES = tuple(round(0.02 * i, 2) for i in range(15))
+DEFAULT_TEMPERATURES = tuple(round(0.04 * i, 2) for i in range(8))
 """Default grid of temperatures ``c s²``: 0 to 0.28, where every Monte Carlo term of the
 expansion has a finite variance (see the module docstring)."""
 
-DEFAULT_SAMPLES = 2**15
+DEFAULT_SAMPLES = 2**14
 """Default marginal tokens in each of the two Monte Carlo samples (fit and evaluation)."""
 
 MAX_TOKENS = 2**24
@@ -181,9 +193,10 @@ class _Problem:
         return (temperature / self.s2) * (self.sym.P - self.sym.J)
 
     def _features(self, x: Tensor, temperature: float):
-        """Per token: features F (N, 2m, d), ε* (N, d), fluctuation V (N, m, m) and the
-        bias vectors β E_m (N, m, d). With ``Σ_q = Σ_k ρ_k [s² I + δ_k δ_kᵀ]``
-        (:func:`mtgmm.theory.attention_fluctuation`) and orthonormal E_m,
+        """Per token: features F (N, 2m, d), ε* (N, d), fluctuation V (N, m, m), the bias
+        vectors β E_m (N, m, d) and the ESS fraction (N,) of :func:`mtgmm.theory.ess_fraction`.
+        With ``Σ_q = Σ_k ρ_k [s² I + δ_k δ_kᵀ]`` (:func:`mtgmm.theory.attention_fluctuation`)
+        and orthonormal E_m,
         ``V_ab = Σ_k ρ_k [s² 1{a = b} + (δ_k E_a)·(δ_k E_b)]``."""
         q = x @ self.w_kq(temperature)
         limit, rho, delta, _, s2 = _tilted_terms(self.gmm, self.alpha_bar, q)
@@ -197,12 +210,13 @@ class _Problem:
         )
         beta = attention_bias(self.gmm, self.alpha_bar, q, None if self.mask_self else x)
         beta = torch.einsum("nd,mde->nme", beta, self.basis)
-        return feats, oracle_eps(self.gmm, x, self.alpha_bar), fluct, beta
+        eps = oracle_eps(self.gmm, x, self.alpha_bar)
+        return feats, eps, fluct, beta, 1 / rho.sum(-1)  # Σ_k ρ_k = 1 / ess_fraction
 
     def _moments(self, x: Tensor) -> _Moments:
         parts = []
         for temperature in self.temperatures.tolist():
-            feats, eps, fluct, beta = self._features(x, temperature)
+            feats, eps, fluct, beta, ess = self._features(x, temperature)
             parts.append(
                 (
                     torch.einsum("nad,nbd->ab", feats, feats),
@@ -210,7 +224,7 @@ class _Problem:
                     fluct.sum(0),
                     torch.einsum("nad,nbd->ab", feats, beta),
                     torch.einsum("nd,nbd->b", eps, beta),
-                    ess_fraction(self.gmm, self.alpha_bar, x @ self.w_kq(temperature)).sum(),
+                    ess.sum(),
                 )
             )
         stacked = [torch.stack(p) / x.shape[0] for p in zip(*parts, strict=True)]
@@ -248,13 +262,12 @@ class _Problem:
         """Standard error of the first-order excess of θ (2m,) over the evaluation tokens."""
         if temperature not in self._eval_features:
             self._eval_features[temperature] = self._features(self.eval_tokens, temperature)
-        feats, eps, fluct, beta = self._eval_features[temperature]
+        feats, eps, fluct, beta, _ = self._eval_features[temperature]
         m = self.basis.shape[0]
         gap = feats.transpose(1, 2) @ theta - eps  # (N, d)
         beta_w = torch.einsum("nmd,m->nd", beta, theta[m:])
         per_token = (gap**2).sum(-1) + (
-            torch.einsum("a,nab,b->n", theta[m:], fluct, theta[m:])
-            + 2 * (gap * beta_w).sum(-1)
+            torch.einsum("a,nab,b->n", theta[m:], fluct, theta[m:]) + 2 * (gap * beta_w).sum(-1)
         ) / (n_tokens - 1)
         return per_token.std().item() / math.sqrt(per_token.shape[0])
 
@@ -389,3 +402,172 @@ def tokens_needed(
         else:
             lo = mid
     return float(hi)
+
+
+# ------------------------------------------------------------ the temperature landscape
+
+
+class Profile:
+    """The profile excess along the temperature line, on one fixed sample of sequences:
+
+        ℓ(τ) = min over (W_V, W_S) symmetric of  mean ‖f(X) − ε*(X)‖²,   W_KQ = (τ/s²)(P − J),
+
+    τ = c s² the temperature. The readout is solved exactly by least squares for every τ
+    (:mod:`mtgmm.best` profiles it out the same way), so ℓ is a smooth deterministic function
+    of τ (sample average approximation: the same sequences at every τ, common random
+    numbers). Gradient descent on ℓ is the temperature half of the two-timescale scheme of
+    chapter *The convergence theorem*; by the envelope theorem ``ℓ'(τ)`` is the partial
+    derivative of the loss in τ at the optimal readout.
+
+    Args:
+        gmm, alpha_bar: the mixture and the noise level.
+        n_tokens: L.
+        n_sequences: size of the fixed sample (default ``max(64, 2^15 // L)``).
+        generator: seeds the sample.
+        mask_self: the masked variant.
+    """
+
+    def __init__(
+        self,
+        gmm: MultiTokenGMM,
+        alpha_bar: float,
+        n_tokens: int,
+        n_sequences: int | None = None,
+        generator: torch.Generator | None = None,
+        mask_self: bool = False,
+    ) -> None:
+        self.n_tokens = positive_int(n_tokens, "n_tokens")
+        n_sequences = positive_int(n_sequences or max(64, 2**15 // n_tokens), "n_sequences")
+        ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
+        if ab.numel() != 1:
+            raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+        self.alpha_bar = ab.item()
+        self.gmm = gmm.to(device="cpu", dtype=torch.float64)
+        self.s2 = self.gmm.noise_variance(self.alpha_bar).item()
+        if self.s2 == 0:
+            raise ValueError("the profile needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+        self.mask_self = bool(mask_self)
+        self.x, _ = noisy_batch(self.gmm, self.alpha_bar, n_sequences, n_tokens, generator)
+        self.target = oracle_eps(self.gmm, self.x, self.alpha_bar)
+        basis, self._columns = _basis(self.gmm, include_j=True)
+        self._evaluate = _profile(self.x, self.target, basis, self.mask_self)
+        direction = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+        self._direction = direction[self._columns] / self.s2
+
+    def _at(self, tau: float, grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        t = torch.tensor(float(tau), dtype=torch.float64, requires_grad=grad)
+        value, theta = self._evaluate(t * self._direction)
+        return t, value, theta
+
+    def value(self, tau: float) -> float:
+        """ℓ(τ)."""
+        with torch.no_grad():
+            return self._at(tau, False)[1].item()
+
+    def derivative(self, tau: float) -> tuple[float, float]:
+        """(ℓ(τ), ℓ'(τ)), the derivative by automatic differentiation."""
+        t, value, _ = self._at(tau, True)
+        (grad,) = torch.autograd.grad(value, t)
+        return value.item(), grad.item()
+
+    def coefficients(self, tau: float) -> Tensor:
+        """(3, 3) reduced coordinates of the profile's model at τ (rows W_KQ, W_V, W_S)."""
+        with torch.no_grad():
+            _, _, theta = self._at(tau, False)
+        m = len(self._columns)
+        coefficients = torch.zeros(3, 3, dtype=torch.float64)
+        coefficients[0, self._columns] = float(tau) * self._direction
+        coefficients[2, self._columns] = theta[:m]
+        coefficients[1, self._columns] = theta[m:]
+        return coefficients
+
+    def per_sequence(self, tau: float) -> Tensor:
+        """Per-sequence excess of the profile's model at τ on the sample (n,): its mean is
+        ℓ(τ), its standard deviation / √n the standard error of ℓ(τ) at a fixed τ."""
+        weights = SymmetricBasis(self.gmm).compose(self.coefficients(tau))
+        with torch.no_grad():
+            out = self.x @ weights[2] + attend(self.x, weights[0], weights[1], self.mask_self)
+        return ((out - self.target) ** 2).sum(-1).mean(-1)
+
+    def scan(self, temperatures: Sequence[float]) -> tuple[Tensor, Tensor]:
+        """ℓ and ℓ' at each of ``temperatures`` (two tensors of their length)."""
+        pairs = [self.derivative(t) for t in temperatures]
+        return tuple(torch.tensor(v, dtype=torch.float64) for v in zip(*pairs, strict=True))
+
+    def minimum(self, temperatures: Sequence[float]) -> tuple[float, float]:
+        """(τ*, ℓ(τ*)): the best point of the (sorted) grid ``temperatures``, refined by a
+        bounded Brent search between its neighbours. Global on the grid's range as far as the
+        grid resolves ℓ."""
+        grid = sorted(float(t) for t in temperatures)
+        values = [self.value(t) for t in grid]
+        i = min(range(len(grid)), key=values.__getitem__)
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        if lo == hi:
+            return grid[i], values[i]
+        result = optimize.minimize_scalar(
+            self.value, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7}
+        )
+        if result.fun > values[i]:
+            return grid[i], values[i]
+        return float(result.x), float(result.fun)
+
+    def descent_constants(
+        self, tau0: float, tau_star: float, n_grid: int = 33
+    ) -> tuple[float, float]:
+        """(S, m) on the segment between τ0 and τ*, from ℓ' on a uniform grid of ``n_grid``
+        points: the smoothness ``S = max |ℓ''|`` (difference quotients of ℓ') and the secant
+        constant ``m = min ℓ'(τ)/(τ − τ*)`` (at τ* itself the difference quotient of ℓ'
+        there). The constants of :func:`temperature_iterations`; grid estimates of a sup and
+        an inf, so refine ``n_grid`` until they settle."""
+        n_grid = positive_int(n_grid, "n_grid")
+        if n_grid < 3 or tau0 == tau_star:
+            raise ValueError("need n_grid >= 3 and tau0 != tau_star")
+        grid = torch.linspace(tau0, tau_star, n_grid, dtype=torch.float64).tolist()
+        slopes = torch.tensor([self.derivative(t)[1] for t in grid], dtype=torch.float64)
+        taus = torch.tensor(grid, dtype=torch.float64)
+        curvature = (slopes[1:] - slopes[:-1]) / (taus[1:] - taus[:-1])
+        secants = torch.cat([slopes[:-1] / (taus[:-1] - tau_star), curvature[-1:]])
+        return curvature.abs().max().item(), secants.min().item()
+
+
+def sign_changes(temperatures: Sequence[float], slopes: Sequence[float]) -> list[float]:
+    """The stationary points that a grid resolves: where ``slopes`` (ℓ' at the sorted
+    ``temperatures``) changes sign, located by linear interpolation of ℓ'."""
+    grid = [float(t) for t in temperatures]
+    slopes = [float(g) for g in slopes]
+    if len(grid) != len(slopes) or grid != sorted(grid):
+        raise ValueError("temperatures must be sorted and match slopes in length")
+    points = []
+    for i in range(len(grid) - 1):
+        (t0, t1), (g0, g1) = grid[i : i + 2], slopes[i : i + 2]
+        if g0 == 0 or g0 * g1 < 0:
+            points.append(t0 + (t1 - t0) * g0 / (g0 - g1))
+    return points
+
+
+def temperature_iterations(
+    distance0: float, target: float, smoothness: float, secant: float, step: float
+) -> int:
+    """Gradient steps on the profile that guarantee ``ℓ(τ_k) − ℓ(τ*) ≤ target`` from
+    ``|τ0 − τ*| = distance0`` (rigorous given the constants; chapter *The convergence
+    theorem*, lemma on the temperature landscape).
+
+    If ℓ' has the sign of τ − τ* on the segment between τ0 and τ* (no other stationary
+    point there), ``|ℓ''| ≤ S`` (``smoothness``) and ``ℓ'(τ)/(τ − τ*) ≥ m`` (``secant``) on it,
+    then for ``0 < step ≤ 1/S`` each step contracts ``τ − τ*`` by a factor in
+    ``[0, 1 − step·m]`` without crossing τ*, and ``ℓ − ℓ* ≤ (S/2)(τ − τ*)²``, so
+
+        k = ⌈ log(S · distance0² / (2 target)) / (−2 log(1 − step · m)) ⌉.
+    """
+    if not (distance0 >= 0 and target > 0):
+        raise ValueError("distance0 must be >= 0 and target > 0")
+    if not 0 < secant <= smoothness:
+        raise ValueError(f"need 0 < secant <= smoothness, got {secant}, {smoothness}")
+    if not 0 < step <= 1 / smoothness:
+        raise ValueError(f"step must satisfy 0 < step <= 1/smoothness, got {step}")
+    start = smoothness * distance0**2 / 2
+    if start <= target:
+        return 0
+    if step * secant >= 1:
+        return 1
+    return math.ceil(math.log(start / target) / (-2 * math.log1p(-step * secant)))

@@ -100,7 +100,7 @@ class Occupancy:
     """Fractions of tokens per cluster against π.
 
     ``fractions`` and ``stderr`` (jackknife over sequences) have shape (K,); ``tv`` is the
-    total-variation distance ½ Σ_k |p̂_k − π_k| (biased upwards by sampling noise: its size
+    total-variation distance ``½ Σ_k |p̂_k − π_k|`` (biased upwards by sampling noise: its size
     for exact samples is of order √(K / N)); ``chi2`` with ``df`` degrees of freedom and
     ``p_value`` test H0: E p̂ = π (see :func:`cluster_occupancy`).
     """

@@ -27,7 +27,7 @@ from .schedules import NoiseSchedule
 
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 """``eps_fn(x_t, t)``: x_t of shape ``(n, L, d)``, long timestep indices t of shape ``(n,)``;
-returns ε̂ of shape ``(n, L, d)`` (the signature of :class:`AttentionBank`)."""
+returns ε̂ of shape ``(n, L, d)`` (the signature of :class:`~mtgmm.attention.AttentionBank`)."""
 
 VARIANCES = ("beta", "posterior")
 
@@ -139,7 +139,7 @@ def ddpm_sample(
 
     Args:
         eps_fn: noise predictor ``eps_fn(x_t, t)`` (see :data:`NoisePredictor`), e.g.
-            :func:`oracle_eps_fn` or an :class:`AttentionBank` with T layers.
+            :func:`oracle_eps_fn` or an :class:`~mtgmm.attention.AttentionBank` with T layers.
         schedule: the noise schedule (T steps) ``eps_fn`` was built for.
         dim: token dimension d; may be omitted when ``eps_fn`` has a ``dim`` attribute.
         variance: ``"beta"`` for σ_t² = β_t or ``"posterior"`` for σ_t² = β̃_t.

@@ -283,6 +283,12 @@ def variance_exponent(w_kq: Tensor, gmm: MultiTokenGMM, alpha_bar: float) -> flo
     κ = 2(c s²)²: finite iff c s² < 1/√2, so never at the oracle temperature c s² = 1,
     where the excess indeed falls more slowly than 1/L (chapter *Self-attention as a mean
     denoiser*).
+
+    Unless the diagonal is masked, the query's own key adds a stricter condition on the Monte
+    Carlo *estimate* of the bias term: for ``W_KQ = c(P − J)`` with τ = c s², its self weight
+    grows like ``exp((τ − τ²/2)‖z'‖²)`` (z' the standard normal part in the span of P − J), so
+    the estimate has finite variance only for τ < 1 − 1/√2 ≈ 0.29 (chapter *The convergence
+    theorem*; :mod:`mtgmm.bounds` keeps its temperature grid below it).
     """
     w = torch.as_tensor(w_kq).detach().to(torch.float64)
     if w.ndim != 2:
@@ -548,10 +554,10 @@ def readout_hessian(
     With features φ = [A, x] per token (A = softmax(x W_KQ Xᵀ) X, the attention output
     before W_V), the loss is ``mean ‖φ [W_V; W_S] − ε‖²``. With ``basis=None`` returns
     ``H = 2 mean φφᵀ`` (2d × 2d): the full Hessian is ``H ⊗ I_d`` (same eigenvalues). With a
-    :class:`SymmetricBasis`, returns the (2m × 2m) Hessian in the Frobenius-orthonormal
-    coordinates of :func:`orthonormal_symmetric_basis`, W_V's coordinates first. Its extreme
-    eigenvalues are the strong convexity μ and smoothness of :func:`gd_iterations`
-    (chapter *The convergence theorem*).
+    :class:`~mtgmm.attention.SymmetricBasis`, returns the (2m × 2m) Hessian in the
+    Frobenius-orthonormal coordinates of :func:`orthonormal_symmetric_basis`, W_V's
+    coordinates first. Its extreme eigenvalues are the strong convexity μ and smoothness of
+    :func:`gd_iterations` (chapter *The convergence theorem*).
     """
     if x_t.ndim != 3:
         raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
