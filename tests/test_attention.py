@@ -1,5 +1,6 @@
 """The attention layer, its bank and the symmetric basis: autograd gradient checks, the
-fused kernel against the explicit formula, per-timestep batching, argument checks."""
+fused kernel against the explicit formula, the short-row softmax, per-timestep batching
+(gathered, shared and grouped paths), argument checks."""
 
 import itertools
 
@@ -7,13 +8,17 @@ import pytest
 import torch
 
 from mtgmm.attention import (
+    SMALL_SOFTMAX_ROW,
     AttentionBank,
     AttentionDenoiser,
     SymmetricBasis,
     attend,
     attend_explicit,
+    attend_fused,
     attention_weights,
     mean_denoising_weights,
+    row_softmax,
+    timestep_layers,
 )
 from mtgmm.mixture import MultiTokenGMM
 from mtgmm.objective import excess_risk
@@ -57,27 +62,67 @@ def test_bank_gradcheck():
     assert torch.autograd.gradcheck(run, inputs)
 
 
+@pytest.mark.parametrize("n_tokens", [7, 20])  # short rows (own softmax) and torch's kernel
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("mask_self", [False, True])
-def test_fused_attend_equals_explicit(dtype, mask_self):
+def test_fused_attend_equals_explicit(dtype, mask_self, n_tokens):
     gen = rng(2)
-    x = torch.randn(5, 7, 4, generator=gen, dtype=dtype)
+    x = torch.randn(5, n_tokens, 4, generator=gen, dtype=dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
     for shape in [(4, 4), (5, 4, 4)]:  # shared weights, then one matrix per sequence
         w_kq = 0.5 * torch.randn(shape, generator=gen, dtype=dtype)
         w_v = torch.randn(shape, generator=gen, dtype=dtype)
-        torch.testing.assert_close(
-            attend(x, w_kq, w_v, mask_self), attend_explicit(x, w_kq, w_v, mask_self), **tol
-        )
+        explicit = attend_explicit(x, w_kq, w_v, mask_self)
+        torch.testing.assert_close(attend_fused(x, w_kq, w_v, mask_self), explicit, **tol)
+        torch.testing.assert_close(attend(x, w_kq, w_v, mask_self), explicit, **tol)
         # and the explicit formula itself, token by token
         w_kq_i = w_kq.expand(5, 4, 4)
         w_v_i = w_v.expand(5, 4, 4)
         n, i = 3, 2
-        scores = torch.stack([x[n, i] @ w_kq_i[n] @ x[n, j] for j in range(7)])
+        scores = torch.stack([x[n, i] @ w_kq_i[n] @ x[n, j] for j in range(n_tokens)])
         if mask_self:
             scores[i] = float("-inf")
         expected = (torch.softmax(scores, 0)[:, None] * (x[n] @ w_v_i[n])).sum(0)
-        torch.testing.assert_close(attend_explicit(x, w_kq, w_v, mask_self)[n, i], expected, **tol)
+        torch.testing.assert_close(explicit[n, i], expected, **tol)
+
+
+@pytest.mark.parametrize("mask_self", [False, True])
+def test_fused_and_explicit_gradients_agree(mask_self):
+    """Forward+backward of both kernels, float64, in the tokens and both matrices."""
+    gen = rng(12)
+    x = torch.randn(3, 9, 4, generator=gen, dtype=F64, requires_grad=True)
+    w_kq, w_v = (torch.randn(4, 4, generator=gen, dtype=F64, requires_grad=True) for _ in "ab")
+    probe = torch.randn(3, 9, 4, generator=gen, dtype=F64)
+    grads = [
+        torch.autograd.grad((fn(x, w_kq, w_v, mask_self) * probe).sum(), (x, w_kq, w_v))
+        for fn in (attend_fused, attend_explicit)
+    ]
+    for fused, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, explicit, rtol=1e-10, atol=1e-10)
+
+
+def test_short_row_softmax_equals_torch_to_second_order():
+    """The short-row softmax (rows below SMALL_SOFTMAX_ROW on CPU) against torch.softmax:
+    values, and first and second derivatives (its backward is written by hand)."""
+    gen = rng(13)
+    scores = 3 * torch.randn(4, 5, 5, generator=gen, dtype=F64)
+    scores.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # masked entries stay exactly 0
+    assert scores.shape[-1] < SMALL_SOFTMAX_ROW
+    weights = row_softmax(scores)
+    torch.testing.assert_close(weights, torch.softmax(scores, -1), rtol=1e-14, atol=1e-15)
+    assert bool((weights.diagonal(dim1=-2, dim2=-1) == 0).all())
+    finite = torch.randn(2, 3, 6, generator=gen, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(row_softmax, (finite,))
+    assert torch.autograd.gradgradcheck(row_softmax, (finite,))
+    probe = torch.randn(2, 3, 6, generator=gen, dtype=F64)
+
+    def first_and_second(fn):
+        (grad,) = torch.autograd.grad((fn(finite) * probe).sum(), finite, create_graph=True)
+        return grad, torch.autograd.grad((grad**2).sum(), finite)[0]
+
+    ours, reference = first_and_second(row_softmax), first_and_second(lambda s: s.softmax(-1))
+    for mine, theirs in zip(ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_attention_weights_are_row_stochastic_and_mask_zeroes_the_diagonal():
@@ -105,6 +150,30 @@ def test_bank_forward_equals_looping_its_layers(mask_self):
     torch.testing.assert_close(bank(x, t), looped)
     torch.testing.assert_close(bank(x, 2), bank.layer(2)(x))  # one int for the batch
     assert bank.layer(1).mask_self is mask_self
+
+
+@pytest.mark.parametrize("mask_self", [False, True])
+def test_grouped_fast_path_equals_the_gather_path(mask_self):
+    """``by_timestep`` (one matrix product per timestep) against ``bank(x, t)`` with one
+    gathered matrix per sequence, and the shared-timestep path against the layer itself."""
+    gen = rng(14)
+    bank = AttentionBank(6, 3, mask_self=mask_self).double()
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=F64))
+    x = torch.randn(4, 5, 7, 3, generator=gen, dtype=F64)  # timesteps 2..5, 5 sequences each
+    t = torch.arange(2, 6).repeat_interleave(5)
+    gathered = bank(x.flatten(0, 1), t)
+    torch.testing.assert_close(bank.by_timestep(x, first=2).flatten(0, 1), gathered)
+    mixed = t.flip(0)  # not grouped: the gather path, sequence by sequence
+    looped = torch.stack(
+        [bank.layer(int(k)).double()(s) for k, s in zip(mixed, x.flatten(0, 1), strict=True)]
+    )
+    torch.testing.assert_close(bank(x.flatten(0, 1), mixed), looped)
+    same = torch.full((5,), 4)  # one timestep for all: the layer's own matrices
+    torch.testing.assert_close(bank(x[0], same), bank.layer(4).double()(x[0]))
+    weights = [getattr(bank, name)[2:6] for name in ("W_KQ", "W_V", "W_S")]
+    torch.testing.assert_close(timestep_layers(x, *weights, mask_self), bank.by_timestep(x, 2))
 
 
 def test_load_layer_round_trip():
@@ -191,3 +260,9 @@ def test_invalid_arguments_raise():
         bank.layer(4)
     with pytest.raises(ValueError, match="n_steps"):
         AttentionBank(0, 3)
+    with pytest.raises(ValueError, match=r"\(m, n, L, d\)"):
+        bank.by_timestep(x)
+    with pytest.raises(ValueError, match="at most T"):
+        bank.by_timestep(torch.zeros(3, 2, 5, 3), first=2)
+    with pytest.raises(ValueError, match="first"):
+        bank.by_timestep(torch.zeros(1, 2, 5, 3), first=-1)

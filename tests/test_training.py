@@ -2,7 +2,12 @@
 (excess risk), the Bayes risk (risk decomposition, zero-model excess), autograd on the full
 matrices (stationarity), a separate evaluator, and the reference numbers of the science brief."""
 
+import importlib.util
+import io
 import os
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from mtgmm import (
     excess_risk,
     noisy_batch,
     oracle_eps,
+    training,
 )
 from mtgmm.best import best_in_class
 from mtgmm.training import bank_excess_risk, train, train_bank, train_bank_loop
@@ -147,6 +153,29 @@ def test_train_bank_trains_every_layer_like_the_loop(gmm):
         assert abs(single - batched.excess[t]) < 4 * np.hypot(single_se, batched.excess_stderr[t])
 
 
+@pytest.mark.parametrize("mask_self", [False, True])
+@pytest.mark.parametrize("n_tokens", [5, 17])  # short-row softmax, then torch's
+def test_chunked_bank_loss_and_gradient_equal_autograd(monkeypatch, mask_self, n_tokens):
+    """The hand-written value-and-gradient of a bank batch, in chunks of timesteps, against
+    autograd through ``AttentionBank.by_timestep`` on the whole batch (float64)."""
+    gen = rng(15)
+    bank = AttentionBank(5, 3, mask_self=mask_self).double()
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(5, 4, n_tokens, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    params = list(bank.parameters())
+    reference = ((bank.by_timestep(x) - eps) ** 2).sum() / (4 * n_tokens)
+    expected = torch.autograd.grad(reference, params)
+    monkeypatch.setitem(training.BANK_CHUNK_SCORES, "cpu", 2 * 4 * n_tokens**2)  # 3 chunks
+    assert training._chunk_steps(x) == 2
+    loss = training._BankLoss.apply(*params, x, eps, mask_self)
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(3 * loss, params), expected, strict=True):
+        torch.testing.assert_close(got, 3 * want, rtol=1e-10, atol=1e-12)
+
+
 def test_bank_excess_risk_of_the_zero_bank_is_the_oracle_energy(gmm):
     schedule = NoiseSchedule.from_alpha_bar([0.9, 0.3])
     excess, stderr = bank_excess_risk(AttentionBank(2, 8), gmm, schedule, 16, 2048, rng(20))
@@ -196,3 +225,18 @@ def test_acceptance_default_training_within_30_percent_of_best(gmm, seed):
     history = train(AttentionDenoiser(8), gmm, 0.9, 128, generator=rng(100 + seed))
     assert history.final_excess <= ACCEPTANCE_BOUND
     assert history.wall_time < 120
+
+
+def test_benchmark_smoke_run(monkeypatch):
+    """``benchmarks/bench.py --quick`` runs and prints every table (timings not checked)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert bench.main(["--quick", "--device", "cpu"]) == 0
+    text = out.getvalue()
+    for heading in ("Bank training", "**loop / batched**", "fused vs explicit", "`bayes_risk`"):
+        assert heading in text

@@ -12,6 +12,7 @@ from .attention import (
     SymmetricBasis,
     attend,
     attend_explicit,
+    attend_fused,
     attention_weights,
     mean_denoising_weights,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "SymmetricBasis",
     "attend",
     "attend_explicit",
+    "attend_fused",
     "attention_weights",
     "ddpm_loss",
     "ddpm_sample",

@@ -23,33 +23,115 @@ from .mixture import MultiTokenGMM
 WEIGHT_NAMES = ("W_KQ", "W_V", "W_S")
 
 
+SMALL_SOFTMAX_ROW = 16
+"""Rows shorter than this use the book's own softmax on CPU, because below it torch's CPU
+kernel falls back to a scalar path (its vectorised path needs a row of at least one AVX-512
+vector); measured 11 ms against 1.4 ms for exp-and-normalise on 2^19 scores at L = 8."""
+
+FUSED_MIN_TOKENS_CPU = 8192
+"""The CPU uses the fused kernel too from this many tokens on. Below it the explicit formula
+was faster at every L measured, 64 to 4096 (``benchmarks/bench.py``, d = 8); the fused
+kernel never stores the L × L scores (256 MiB per sequence at L = 8192). GPUs always use the
+fused kernel."""
+
+
 def _self_mask(n_tokens: int, device) -> Tensor:
     """Boolean (L, L) mask, True where a query may attend (everywhere but the diagonal)."""
     return ~torch.eye(n_tokens, dtype=torch.bool, device=device)
 
 
+class _ShortRowSoftmax(torch.autograd.Function):
+    """Row softmax ``a_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)`` for short
+    CPU rows (see :data:`SMALL_SOFTMAX_ROW`), with the backward ``a ⊙ (g − Σ_j g_ij a_ij)``
+    written in differentiable operations on the saved output, so derivatives of every order
+    are right (torch's own softmax backward is as slow as its forward on such rows)."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor) -> Tensor:
+        weights = (scores - scores.amax(-1, keepdim=True)).exp_()
+        weights /= weights.sum(-1, keepdim=True)
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (weights,) = ctx.saved_tensors
+        return weights * (grad - (grad * weights).sum(-1, keepdim=True))
+
+
+def row_softmax(scores: Tensor) -> Tensor:
+    """Row softmax along the last axis: torch's kernel, or ``_ShortRowSoftmax`` for
+    rows shorter than :data:`SMALL_SOFTMAX_ROW` on CPU (the faster of the two there)."""
+    if scores.device.type != "cpu" or scores.shape[-1] >= SMALL_SOFTMAX_ROW:
+        return torch.softmax(scores, dim=-1)
+    return _ShortRowSoftmax.apply(scores)
+
+
+def masked_scores(query: Tensor, keys: Tensor, mask_self: bool) -> Tensor:
+    """The scores Q Kᵀ (…, L, L), with −∞ on the diagonal if ``mask_self``."""
+    scores = query @ keys.transpose(-1, -2)
+    if mask_self:
+        scores = scores.masked_fill(~_self_mask(keys.shape[-2], keys.device), float("-inf"))
+    return scores
+
+
+def _weights(query: Tensor, keys: Tensor, mask_self: bool) -> Tensor:
+    """softmax(Q Kᵀ) row by row, with the diagonal masked out if ``mask_self``."""
+    return row_softmax(masked_scores(query, keys, mask_self))
+
+
+def _uses_fused(x: Tensor) -> bool:
+    """Whether :func:`attend` takes the fused kernel for tokens ``x`` (…, L, d)."""
+    return x.device.type != "cpu" or x.shape[-2] >= FUSED_MIN_TOKENS_CPU
+
+
+def _attention(query: Tensor, x: Tensor, values: Tensor, mask_self: bool) -> Tensor:
+    """softmax(Q Xᵀ) V with the kernel :func:`attend` would choose for ``x``."""
+    if _uses_fused(x):
+        mask = _self_mask(x.shape[-2], x.device) if mask_self else None
+        return F.scaled_dot_product_attention(query, x, values, attn_mask=mask, scale=1.0)
+    return _weights(query, x, mask_self) @ values
+
+
 def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+    """softmax(X W_KQ Xᵀ) X W_V with the faster kernel for the device: the fused
+    :func:`attend_fused` on GPUs and for contexts of at least :data:`FUSED_MIN_TOKENS_CPU`
+    tokens on CPU, :func:`attend_explicit` otherwise. Weights may carry leading batch dims
+    that broadcast against ``x`` (e.g. one matrix per sequence, ``(n, d, d)``)."""
+    fn = attend_fused if _uses_fused(x) else attend_explicit
+    return fn(x, w_kq, w_v, mask_self)
+
+
+def attend_fused(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
     """softmax(X W_KQ Xᵀ) X W_V with the fused kernel (``scaled_dot_product_attention``,
-    query ``X W_KQ``, key ``X``, value ``X W_V``, scale 1). Weights may carry leading batch
-    dims that broadcast against ``x`` (e.g. one matrix per sequence, ``(n, d, d)``)."""
+    query ``X W_KQ``, key ``X``, value ``X W_V``, scale 1)."""
     mask = _self_mask(x.shape[-2], x.device) if mask_self else None
     return F.scaled_dot_product_attention(x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0)
 
 
 def attend_explicit(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
-    """The same as :func:`attend`, written out: the reference the fused kernel is tested on."""
-    scores = x @ w_kq @ x.transpose(-1, -2)
-    if mask_self:
-        scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
-    return torch.softmax(scores, dim=-1) @ x @ w_v
+    """The same as :func:`attend_fused`, written out: the score matrix X W_KQ Xᵀ, its row
+    softmax, then the weighted average of the tokens mapped by W_V."""
+    return attention_weights(x, w_kq, mask_self) @ x @ w_v
 
 
 def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
     """The (…, L, L) attention matrix softmax(X W_KQ Xᵀ), rows summing to 1."""
-    scores = x @ w_kq @ x.transpose(-1, -2)
-    if mask_self:
-        scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return _weights(x @ w_kq, x, mask_self)
+
+
+def timestep_layers(
+    x: Tensor, w_kq: Tensor, w_v: Tensor, w_s: Tensor, mask_self: bool = False
+) -> Tensor:
+    """``f_i(X) = X W_S[i] + softmax(X W_KQ[i] Xᵀ) X W_V[i]`` for every sequence X of
+    ``x[i]``: ``x`` of shape (m, n, L, d) holds n sequences for each of m layers whose
+    weights are ``(m, d, d)``. The projections are m matrix products of (nL × d) by (d × d),
+    not one small product per sequence (the batched path of :class:`AttentionBank`)."""
+    m, n, n_tokens, d = x.shape
+    flat = x.reshape(m, n * n_tokens, d)
+    query = (flat @ w_kq).view(x.shape)
+    attended = _attention(query, x, x, mask_self).reshape(flat.shape)  # softmax(Q Xᵀ) X
+    return (flat @ w_s + attended @ w_v).view(x.shape)
 
 
 def _check_tokens(x: Tensor, dim: int, mask_self: bool) -> None:
@@ -113,7 +195,9 @@ class AttentionBank(nn.Module):
 
     ``bank(x_t, t)`` takes ``x_t`` of shape ``(n, L, d)`` and integer timesteps ``t`` of
     shape ``(n,)`` (or a single int) and runs every sequence through its own timestep's
-    layer in one batched pass.
+    layer in one batched pass: with mixed timesteps it gathers one matrix per sequence, with
+    a single timestep (as in sampling) it uses that layer's matrices. :meth:`by_timestep` is
+    the fast path for batches grouped by timestep (as in training).
     """
 
     def __init__(self, n_steps: int, dim: int, mask_self: bool = False) -> None:
@@ -125,7 +209,8 @@ class AttentionBank(nn.Module):
         self.W_V = nn.Parameter(torch.zeros(n_steps, dim, dim))
         self.W_S = nn.Parameter(torch.zeros(n_steps, dim, dim))
 
-    def _timesteps(self, t: int | Tensor, n: int, device) -> Tensor:
+    def _timesteps(self, t: int | Tensor, n: int, device) -> tuple[Tensor, int, int]:
+        """``t`` as a long tensor of shape (n,), with its smallest and largest value."""
         t = torch.as_tensor(t, device=device)
         if t.is_floating_point() or t.dtype == torch.bool:
             raise ValueError(f"t must hold integer timesteps, got dtype {t.dtype}")
@@ -133,29 +218,52 @@ class AttentionBank(nn.Module):
             t = t.expand(n)
         if t.shape != (n,):
             raise ValueError(f"t must be an int or have shape (n,) = ({n},), got {tuple(t.shape)}")
-        if int(t.min()) < 0 or int(t.max()) >= self.n_steps:
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= self.n_steps:
             raise ValueError(f"t must lie in 0 … {self.n_steps - 1} (T = {self.n_steps})")
-        return t.long()
+        return t.long(), low, high
 
     def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """ε̂ for ``x_t`` (n, L, d), sequence i through the layer of timestep ``t[i]``."""
         if x_t.ndim != 3:
             raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
         _check_tokens(x_t, self.dim, self.mask_self)
-        t = self._timesteps(t, x_t.shape[0], x_t.device)
+        t, low, high = self._timesteps(t, x_t.shape[0], x_t.device)
+        if low == high:  # one timestep for the whole batch
+            return self.by_timestep(x_t[None], low)[0]
         w_kq, w_v, w_s = self.W_KQ[t], self.W_V[t], self.W_S[t]  # (n, d, d) each
         return x_t @ w_s + attend(x_t, w_kq, w_v, self.mask_self)
 
+    def by_timestep(self, x_t: Tensor, first: int = 0) -> Tensor:
+        """ε̂ for ``x_t`` of shape (m, n, L, d) grouped by timestep: the n sequences of
+        ``x_t[i]`` go through the layer of timestep ``first + i``
+        (:func:`timestep_layers`). Equals ``bank(x_t.flatten(0, 1), t)`` with
+        ``t = arange(first, first + m).repeat_interleave(n)``, without one matrix per
+        sequence."""
+        if x_t.ndim != 4:
+            raise ValueError(f"x_t must have shape (m, n, L, d), got {tuple(x_t.shape)}")
+        _check_tokens(x_t, self.dim, self.mask_self)
+        if isinstance(first, bool) or int(first) != first or first < 0:
+            raise ValueError(f"first must be an integer >= 0, got {first!r}")
+        if first + x_t.shape[0] > self.n_steps:
+            raise ValueError(
+                f"first + m = {first} + {x_t.shape[0]} must be at most T = {self.n_steps}"
+            )
+        steps = slice(first, first + x_t.shape[0])
+        return timestep_layers(
+            x_t, self.W_KQ[steps], self.W_V[steps], self.W_S[steps], self.mask_self
+        )
+
     def layer(self, t: int) -> AttentionDenoiser:
         """A standalone copy of timestep ``t``'s layer."""
-        (t,) = self._timesteps(t, 1, "cpu").tolist()
+        (t,) = self._timesteps(t, 1, "cpu")[0].tolist()
         return AttentionDenoiser.from_weights(
             self.W_KQ[t].detach(), self.W_V[t].detach(), self.W_S[t].detach(), self.mask_self
         )
 
     def load_layer(self, t: int, layer: AttentionDenoiser) -> None:
         """Copy ``layer``'s matrices into timestep ``t``."""
-        (t,) = self._timesteps(t, 1, "cpu").tolist()
+        (t,) = self._timesteps(t, 1, "cpu")[0].tolist()
         with torch.no_grad():
             for name in WEIGHT_NAMES:
                 getattr(self, name)[t].copy_(getattr(layer, name))

@@ -86,20 +86,41 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ._checks import alpha_bar_tensor, nonnegative_float, positive_int
-from .attention import WEIGHT_NAMES, AttentionBank, AttentionDenoiser, SymmetricBasis, attend
+from .attention import (
+    WEIGHT_NAMES,
+    AttentionBank,
+    AttentionDenoiser,
+    SymmetricBasis,
+    attend,
+    masked_scores,
+    row_softmax,
+)
 from .mixture import MultiTokenGMM
 from .objective import ddpm_loss, excess_risk, noisy_batch
 from .oracle import oracle_eps
 from .schedules import NoiseSchedule
 
 DEFAULT_STEPS = 600
+"""Updates :func:`train` takes when ``steps`` is not given."""
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 INITS = ("similarity", "zero", "keep")
 ADAM_LR = 1e-2
+"""Adam's step size when ``lr`` is not given."""
+
 ADAM_BETAS = (0.9, 0.999)
+"""Adam's moment decay rates."""
+
 ADAM_EPS = 1e-8
 WARM_START_RIDGE = 0.05
+# Attention scores (B·L² per timestep) per forward/backward chunk of a bank's timesteps. On
+# CPU 2^20 (4 MiB of float32: 8 timesteps at L = 128, B = 8) keeps a chunk's L × L tensors
+# in cache and below glibc's 32 MiB mmap threshold, past which every allocation page-faults
+# afresh (benchmarks/README.md): at T = 100, L = 128, B = 8, chunks of 2^18 to 2^20 scores
+# ran 2-4× faster than all timesteps at once. On GPUs the chunk only bounds memory.
+BANK_CHUNK_SCORES = {"cpu": 2**20}
+BANK_CHUNK_SCORES_DEFAULT = 2**27
 
 
 @dataclass(frozen=True)
@@ -501,10 +522,92 @@ def bank_excess_risk(
         ab = schedule.alpha_bar.to(param.device)[t][:, None]
         x_t, _ = draw(ab, t.numel(), n_tokens)
         target = oracle_eps(local, x_t, ab.to(param.dtype))
-        gap = ((bank(x_t, t) - target) ** 2).sum(-1).mean(-1).double().view(-1, n_sequences)
+        grouped = x_t.view(-1, n_sequences, n_tokens, bank.dim)
+        prediction = _bank_prediction(bank, grouped, first).flatten(0, 1)
+        gap = ((prediction - target) ** 2).sum(-1).mean(-1).double().view(-1, n_sequences)
         means.append(gap.mean(1))
         errors.append(gap.std(1) / n_sequences**0.5)
     return torch.cat(means).cpu(), torch.cat(errors).cpu()
+
+
+def _chunk_steps(x: Tensor) -> int:
+    """Timesteps per chunk for a grouped batch ``x`` (m, B, L, d): as many as fit in
+    :data:`BANK_CHUNK_SCORES` attention scores (at least one)."""
+    budget = BANK_CHUNK_SCORES.get(x.device.type, BANK_CHUNK_SCORES_DEFAULT)
+    return max(1, budget // (x.shape[1] * x.shape[2] ** 2))
+
+
+def _bank_prediction(bank: AttentionBank, x: Tensor, first: int) -> Tensor:
+    """``bank.by_timestep(x, first)`` evaluated in chunks of :func:`_chunk_steps` timesteps."""
+    size = _chunk_steps(x)
+    parts = [bank.by_timestep(x[i : i + size], first + i) for i in range(0, len(x), size)]
+    return torch.cat(parts)
+
+
+def _loss_and_gradients(
+    x: Tensor, eps: Tensor, weights: tuple[Tensor, Tensor, Tensor], mask_self: bool
+) -> tuple[Tensor, list[Tensor]]:
+    """The summed loss ``ℓ = Σ_i (1 / (n L)) ‖X_i W_S[i] + A_i X_i W_V[i] − ε_i‖²`` of a chunk
+    ``x, eps`` (m, n, L, d) grouped by timestep, ``A = softmax(X W_KQ Xᵀ)`` (the forward of
+    :func:`~mtgmm.attention.timestep_layers`), and its gradient in the three weight banks
+    (m, d, d), by hand. With ``H = A X``, ``G = 2 (f − ε) / (n L)`` and ``D = G W_Vᵀ``:
+
+    ``∂W_S = Xᵀ G``, ``∂W_V = Hᵀ G``, ``∂S = A ⊙ (D Xᵀ − rowsum(D ⊙ H))`` (the softmax
+    backward; ``Σ_j A_ij (D Xᵀ)_ij = D_i · H_i`` needs no L × L product) and
+    ``∂W_KQ = Xᵀ (∂S X)``, summed over each timestep's sequences; in place where possible.
+    Checked against autograd through ``timestep_layers`` in the tests."""
+    w_kq, w_v, w_s = weights
+    m, n, n_tokens, d = x.shape
+    flat, seqs = x.reshape(m, n * n_tokens, d), x.reshape(m * n, n_tokens, d)
+    query = (flat @ w_kq).view(seqs.shape)
+    attention = row_softmax(masked_scores(query, seqs, mask_self))
+    attended = (attention @ seqs).view(flat.shape)
+    residual = torch.baddbmm(flat @ w_s, attended, w_v).sub_(eps.reshape(flat.shape))
+    loss = residual.pow(2).sum() / (n * n_tokens)
+    grad_out = residual.mul_(2 / (n * n_tokens))
+    grad_attended = grad_out @ w_v.transpose(-1, -2)
+    row_sums = (grad_attended * attended).sum(-1).view(m * n, n_tokens, 1)
+    grad_scores = grad_attended.view(seqs.shape) @ seqs.transpose(-1, -2)
+    grad_scores.sub_(row_sums).mul_(attention)
+    grad_query = (grad_scores @ seqs).view(flat.shape)
+    transposed = flat.transpose(-1, -2)
+    return loss, [
+        transposed @ grad_query,
+        attended.transpose(-1, -2) @ grad_out,
+        transposed @ grad_out,
+    ]
+
+
+class _BankLoss(torch.autograd.Function):
+    """``Σ_t (1 / (B L)) Σ_{b,l} ‖f_t(X_{t,b})_l − ε_{t,b,l}‖²`` for a bank's three weight
+    banks (T, d, d) on a batch ``x, eps`` of shape (T, B, L, d) grouped by timestep, with its
+    gradient in the weights computed in the same pass (:func:`_loss_and_gradients`), chunk
+    by chunk over timesteps (:func:`_chunk_steps`), so that each chunk's L × L tensors are
+    still in cache for its backward. The layers share no parameters, so each chunk's
+    gradient is exactly that of the summed loss in its timesteps' weights. Not
+    differentiable in ``x`` or ``eps``."""
+
+    @staticmethod
+    def forward(
+        ctx, w_kq: Tensor, w_v: Tensor, w_s: Tensor, x: Tensor, eps: Tensor, mask_self: bool
+    ) -> Tensor:
+        weights = (w_kq, w_v, w_s)
+        grads = [torch.empty_like(w) for w in weights]
+        total = x.new_zeros(())
+        size = _chunk_steps(x)
+        for first in range(0, len(x), size):
+            steps = slice(first, first + size)
+            chunk = tuple(w[steps] for w in weights)
+            loss, parts = _loss_and_gradients(x[steps], eps[steps], chunk, mask_self)
+            for grad, part in zip(grads, parts, strict=True):
+                grad[steps] = part
+            total = total + loss
+        ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        return *(grad_output * g for g in ctx.saved_tensors), None, None, None
 
 
 def _check_schedule(bank: AttentionBank, schedule: NoiseSchedule) -> None:
@@ -527,8 +630,9 @@ def train_bank(
     """Train every layer of ``bank`` (in place) in one batched pass per step.
 
     Each step draws ``batch_size`` fresh sequences for every timestep, ``(T·B, L, d)`` in
-    all, runs them through the bank at once (each through its own timestep's layer) and
-    minimises the sum over timesteps of the per-timestep mean loss. The layers share no
+    all, runs them grouped by timestep through the bank (:func:`~mtgmm.attention.timestep_layers`,
+    in chunks of timesteps, each chunk's loss and gradient in one pass: ``_BankLoss``)
+    and minimises the sum over timesteps of the per-timestep mean loss. The layers share no
     parameters, so layer t receives exactly the gradient of its own mean loss, the gradient
     :func:`train` would give it. The step size is per timestep (``lr_scale / λ_max(M̂_t)``
     by default): the curvature of the loss in W_S is ``2 M_t = 2 E[x_t x_tᵀ]``, whose top
@@ -548,20 +652,20 @@ def train_bank(
     batch = opts.batch_size
     t = torch.arange(bank.n_steps, device=device).repeat_interleave(batch)
     ab = schedule.alpha_bar.to(device)[t][:, None]
+    by_timestep = (bank.n_steps, batch, n_tokens, bank.dim)
+
+    def summed_loss(x_t: Tensor, eps: Tensor) -> Tensor:
+        """Σ_t (mean loss of timestep t's sequences), with its gradient (``_BankLoss``)."""
+        x_t, eps = x_t.view(by_timestep), eps.view(by_timestep)
+        return _BankLoss.apply(*params, x_t, eps, bank.mask_self)
 
     x_cal, eps_cal = draw(ab, t.numel(), n_tokens)
-    by_timestep = (bank.n_steps, batch, n_tokens, -1)
     mean_sq_norm, top = _second_moments(x_cal.view(by_timestep))
     _initialise(params, opts, mean_sq_norm)
     if opts.warm_start:
         _warm_start(params, x_cal.view(by_timestep), eps_cal.view(by_timestep), bank.mask_self)
     lr = _step_size(opts, top)
     records: list[tuple[int, float]] = []
-
-    def summed_loss(x_t: Tensor, eps: Tensor) -> Tensor:
-        """Σ_t (mean loss of timestep t's sequences)."""
-        return ((bank(x_t, t) - eps) ** 2).sum() / (batch * n_tokens)
-
     with torch.no_grad():
         records.append((0, summed_loss(x_cal, eps_cal).item() / bank.n_steps))
     _optimise(
