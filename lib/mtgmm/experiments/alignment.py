@@ -7,8 +7,8 @@ query row is ``q = x W_KQ``. The *temperature* of a key–query matrix is ``τ =
 P-coefficient in ``α P + β P⊥ + γ J``; the oracle construction has τ = 1.
 
 Sizes come from :func:`mtgmm.runtime.by_preset`: the quick preset (a 2-core CPU) evaluates
-64 sequences per timestep and scans the best model at L ≤ 512 with two fitting seeds; the
-full preset (a GPU) uses four times more sequences, L up to 2048 and four seeds.
+64 sequences per timestep and scans the best model at L ≤ 512 with three fitting seeds; the
+full preset (a GPU) uses four times more sequences and L up to 2048.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .._checks import alpha_bar_tensor, positive_int
-from ..attention import AttentionBank, SymmetricBasis, attention_weights, mean_denoising_weights
+from ..attention import (
+    WEIGHT_NAMES,
+    AttentionBank,
+    SymmetricBasis,
+    attention_weights,
+    mean_denoising_weights,
+)
 from ..best import best_in_class, readout_fit
 from ..mixture import MultiTokenGMM, add_noise
 from ..oracle import oracle_eps, posterior_weights
@@ -107,7 +113,7 @@ def _bank_from(weights: list[tuple[Tensor, Tensor, Tensor]], dim: int) -> Attent
     """A float32 CPU bank holding one (W_KQ, W_V, W_S) per timestep."""
     bank = AttentionBank(len(weights), dim)
     with torch.no_grad():
-        for name, mats in zip(("W_KQ", "W_V", "W_S"), zip(*weights, strict=True), strict=True):
+        for name, mats in zip(WEIGHT_NAMES, zip(*weights, strict=True), strict=True):
             getattr(bank, name).copy_(torch.stack(mats))
     return bank.requires_grad_(False)
 
@@ -318,19 +324,26 @@ def limit_readout_excess(
     n_samples: int = 100_000,
     generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
-    """The L = ∞ excess of the best *unrestricted* readout for a fixed ``W_KQ``: least squares
-    of ε* on the features ``[x, h_∞(x)]`` (h_∞ = :func:`mtgmm.theory.attention_limit` at
-    ``q = x W_KQ``), i.e. over all d × d matrices W_S, W_V; fitted on ``n_samples`` marginal
-    tokens and scored on as many fresh ones. Returns the mean excess and its standard error."""
+    """The L = ∞ excess of the best *unrestricted* readout for a fixed ``W_KQ``: the best
+    ``x W_S + h_∞(x) W_V`` over all d × d matrices W_S, W_V, with h_∞ =
+    :func:`mtgmm.theory.attention_limit` at ``q = x W_KQ``; fitted by least squares on
+    ``n_samples`` marginal tokens and scored on as many fresh ones. Returns the mean excess
+    and its standard error.
+
+    Since ``h_∞ = s² x W_KQ + a Σ_k ω_k μ_k`` and the first term is linear in x, the same
+    functions are ``x A + (h_∞ Uᵀ) B`` with U an orthonormal basis of the span of the means:
+    the features ``[x, h_∞ Uᵀ]`` have full rank (d + rank), so the fit is well posed."""
     n_samples = positive_int(n_samples, "n_samples")
     ab = _level(alpha_bar)
     g64 = gmm.to(device="cpu", dtype=torch.float64)
     w_kq = torch.as_tensor(w_kq, dtype=torch.float64)
+    span = g64.span_basis()
 
     def features_and_target() -> tuple[Tensor, Tensor]:
         x0, _ = g64.sample(n_samples, 1, generator=generator)
         x, _ = add_noise(x0[:, 0], ab, generator=generator)
-        return torch.cat([x, attention_limit(g64, ab, x @ w_kq)], -1), oracle_eps(g64, x, ab)
+        h = attention_limit(g64, ab, x @ w_kq)
+        return torch.cat([x, h @ span.T], -1), oracle_eps(g64, x, ab)
 
     fit_x, fit_y = features_and_target()
     readout = torch.linalg.lstsq(fit_x, fit_y).solution
@@ -455,17 +468,6 @@ def _mean_denoising_row(
     }
 
 
-_PROFILE_FIELDS = (
-    "own_mass",
-    "own_mass_limit",
-    "posterior_own",
-    "centre_to_oracle",
-    "centre_to_truth",
-    "limit_to_oracle",
-    "oracle_to_truth",
-)
-
-
 def mean_denoising_profile(
     gmm: MultiTokenGMM,
     schedule: NoiseSchedule,
@@ -482,12 +484,12 @@ def mean_denoising_profile(
     if n_sequences < 2:
         raise ValueError("n_sequences must be >= 2 for standard errors")
     g32 = gmm.to(device="cpu", dtype=torch.float32)
-    rows: dict[str, list] = {name: [] for name in _PROFILE_FIELDS}
+    rows: dict[str, list] = {}
     generator = torch.Generator().manual_seed(seed)
     for t, ab, x_t, labels in _timestep_sequences(g32, schedule, n_sequences, n_tokens, generator):
         w_kq = bank.W_KQ[t].detach().float().cpu()
         for name, value in _mean_denoising_row(g32, ab, w_kq, x_t, labels).items():
-            rows[name].append(value)
+            rows.setdefault(name, []).append(value)
     estimates = {name: _stack(values) for name, values in rows.items()}
     return MeanDenoisingProfile(n_tokens, n_sequences, schedule.alpha_bar, **estimates)
 
@@ -535,15 +537,15 @@ def temperature_scan(
     progress: bool = False,
 ) -> TemperatureScan:
     """Fit :func:`mtgmm.best.best_in_class` at every (ᾱ, L) with ``n_seeds`` seeds (defaults:
-    ᾱ ∈ {0.9, 0.5}, L ∈ {8, 32, 128, 512}, 2 seeds quick; ᾱ ∈ {0.9, 0.7, 0.5}, L up to 2048, 4
-    seeds full), each on about ``by_preset(2^14, 2^16)`` tokens, and score each fit at L and at
-    L = ∞ (see :class:`TemperatureScan`)."""
+    ᾱ ∈ {0.9, 0.5} and L ∈ {8, 32, 128, 512} quick, ᾱ ∈ {0.9, 0.7, 0.5} and L up to 2048
+    full; 3 seeds), each on about ``by_preset(2^13, 2^15)`` tokens (at least 16 sequences), and
+    score each fit at L and at L = ∞ (see :class:`TemperatureScan`)."""
     alpha_bars = alpha_bars or by_preset((0.9, 0.5), (0.9, 0.7, 0.5))
     token_counts = token_counts or by_preset((8, 32, 128, 512), (8, 32, 128, 512, 2048))
-    n_seeds = positive_int(n_seeds or by_preset(2, 4), "n_seeds")
+    n_seeds = positive_int(n_seeds or 3, "n_seeds")
     if n_seeds < 2:
         raise ValueError("n_seeds must be >= 2 for a standard error of the temperature")
-    budget = by_preset(2**14, 2**16)
+    budget = by_preset(2**13, 2**15)
     shape = (len(alpha_bars), len(token_counts), n_seeds)
     tau, excess, excess_se, limit, limit_se = (
         torch.zeros(shape, dtype=torch.float64) for _ in range(5)
@@ -571,7 +573,7 @@ def temperature_scan(
         tau[i, j, k] = best.coefficients[0, 0] * gmm.noise_variance(ab).item()
         excess[i, j, k], excess_se[i, j, k] = best.excess, best.stderr
         limit[i, j, k], limit_se[i, j, k] = limit_excess(
-            weights, gmm, ab, by_preset(50_000, 200_000), generator
+            weights, gmm, ab, by_preset(30_000, 200_000), generator
         )
     levels = torch.tensor(alpha_bars, dtype=torch.float64)
     return TemperatureScan(
