@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from .._checks import alpha_bar_tensor, positive_int
 from ..best import BestInClass, best_in_class
-from ..experiments.gap import GapMap
 from ..mixture import MultiTokenGMM
 from ..runtime import by_preset
 from ..stats import PowerLaw, fit_power_law
+from .gap import GapMap
 
 REFERENCE_SHAPE = {"radius": 4.0, "sigma0": 0.5}
 """Cluster norm r and spread σ0 held fixed while K and d vary (the book's reference values)."""
@@ -134,9 +134,12 @@ class ShapeSweep:
         return int(hits[0, 0])
 
 
-def reference_mixture(n_clusters: int, dim: int, seed: int = 0) -> MultiTokenGMM:
-    """K orthogonal means of norm r = 4 in R^d, σ0 = 0.5 (:data:`REFERENCE_SHAPE`)."""
-    return MultiTokenGMM.orthogonal(n_clusters, dim, seed=seed, **REFERENCE_SHAPE)
+def reference_mixture(
+    n_clusters: int, dim: int, seed: int = 0, dtype: torch.dtype | None = None
+) -> MultiTokenGMM:
+    """K orthogonal means of norm r = 4 in R^d, σ0 = 0.5 (:data:`REFERENCE_SHAPE`), in
+    ``dtype`` (default: torch's default dtype)."""
+    return MultiTokenGMM.orthogonal(n_clusters, dim, seed=seed, dtype=dtype, **REFERENCE_SHAPE)
 
 
 def shape_sweep(
@@ -149,9 +152,9 @@ def shape_sweep(
 ) -> ShapeSweep:
     """Best excess as the number of clusters K and the dimension d vary, at fixed r, σ0, ᾱ
     (``shapes`` lists the (K, d) pairs; K ≤ d). Token counts: 16, 64, 256 (quick) or
-    16 … 1024 in factors of two (full)."""
+    16, 64, 256, 1024 (full)."""
     alpha_bar = float(alpha_bar_tensor(alpha_bar).reshape(()))
-    token_counts = token_counts or by_preset((16, 64, 256), tuple(2**n for n in range(4, 11)))
+    token_counts = token_counts or by_preset((16, 64, 256), (16, 64, 256, 1024))
     cases = [(reference_mixture(k, d), alpha_bar) for k, d in shapes]
     excess, stderr, temperature, coefficients, _, _ = _grid(
         cases, token_counts, seed, mask_self, progress, "excess vs K, d"
@@ -212,10 +215,12 @@ def fit_tail(token_counts, excess, stderr, min_points: int = 3, p_min: float = 0
     for start in range(len(x) - min_points + 1):
         fit = fit_power_law(x[start:], y[start:], se[start:])
         dof = len(x) - start - 2
-        p_value = float(stats.chi2.sf(fit.chi2_per_dof * dof, dof))
-        if p_value >= p_min or start == len(x) - min_points:
-            return TailFit(fit, int(x[start]), len(x) - start, p_value)
-    raise AssertionError("unreachable")
+        tail = TailFit(
+            fit, int(x[start]), len(x) - start, float(stats.chi2.sf(fit.chi2_per_dof * dof, dof))
+        )
+        if tail.p_value >= p_min:
+            return tail
+    return tail  # no tail passes: the shortest one
 
 
 def local_slopes(token_counts, excess) -> np.ndarray:
