@@ -19,6 +19,8 @@ from bs4 import BeautifulSoup
 from helpers import BUILD, ROOT, is_chapter, toc_docnames
 
 CHAPTERS = [d for d in toc_docnames() if is_chapter(d)]
+# pages with code but no exercises: the landing page
+WITHOUT_EXERCISES = {"book/intro"}
 FENCE = re.compile(r"^(`{3,}|:{3,})\{([a-z:-]+)\}")
 PHRASE = re.compile(r"(?:[A-Za-z]+ ){4,}[A-Za-z]+")  # five or more plain words in a row
 
@@ -49,6 +51,7 @@ def solutions(md: Path) -> tuple[list[Solution], set[str]]:
     lines = md.read_text(encoding="utf-8").splitlines()
     found: list[Solution] = []
     outside: set[str] = set()
+    outside_text: list[str] = []  # prose outside the solutions, to tell their own phrases
     current = None
     after_end = False
     i = 0
@@ -73,10 +76,17 @@ def solutions(md: Path) -> tuple[list[Solution], set[str]]:
             continue
         elif lines[i].strip() and after_end and not m and lines[i].strip() != "```":
             after_end = False  # text between the solution and the next code cell
-        elif current is not None and not m and not lines[i].startswith(":"):
+        elif not m and not lines[i].startswith(":"):
             text = re.sub(r"\$[^$]*\$|\{[a-z:]+\}`[^`]*`|`[^`]*`", " ", lines[i])
-            current.prose += PHRASE.findall(text)
+            if current is not None:
+                current.prose += PHRASE.findall(text)
+            else:
+                outside_text.append(text)
         i += 1
+    # a phrase that the chapter also uses outside the solution may stay in the student edition
+    rest = " ".join(" ".join(outside_text).split())
+    for sol in found:
+        sol.prose = [phrase for phrase in sol.prose if phrase not in rest]
     return found, outside
 
 
@@ -110,7 +120,9 @@ def test_student_page(site, student_site, docname):
     )
     full = BeautifulSoup((site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser")
 
-    assert len(student.select("div.exercise")) == len(full.select("div.exercise")) > 0
+    n_exercises = len(full.select("div.exercise"))
+    assert len(student.select("div.exercise")) == n_exercises
+    assert (n_exercises > 0) == (docname not in WITHOUT_EXERCISES)
     assert not student.select("div.solution"), "a solution box in the student edition"
     assert not student.select(".dropdown-launch-buttons"), "launch buttons open the full book"
     assert not student.select("a[href$='.ipynb']"), "a link to a notebook with the solutions"
