@@ -103,6 +103,18 @@ MIN_KEYS = 4.0
 """Default ``min_keys``: effective keys a temperature needs before its expansion is used."""
 
 
+def _level(gmm: MultiTokenGMM, alpha_bar: float, what: str) -> tuple[float, MultiTokenGMM, float]:
+    """Validate one noise level; return ``(ᾱ, the mixture in float64 on the CPU, s²)``."""
+    ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
+    if ab.numel() != 1:
+        raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+    gmm64 = gmm.to(device="cpu", dtype=torch.float64)
+    s2 = gmm64.noise_variance(ab.item()).item()
+    if s2 == 0:
+        raise ValueError(f"{what} needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+    return ab.item(), gmm64, s2
+
+
 @dataclass(frozen=True)
 class TokenBound:
     """The first-order token bound at several L (see the module docstring).
@@ -167,14 +179,7 @@ class _Problem:
     ) -> None:
         self.min_keys = nonnegative_float(min_keys, "min_keys")
         n_samples = positive_int(n_samples, "n_samples")
-        ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
-        if ab.numel() != 1:
-            raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
-        self.alpha_bar = ab.item()
-        self.gmm = gmm.to(device="cpu", dtype=torch.float64)
-        self.s2 = self.gmm.noise_variance(self.alpha_bar).item()
-        if self.s2 == 0:
-            raise ValueError("the token bound needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+        self.alpha_bar, self.gmm, self.s2 = _level(gmm, alpha_bar, "the token bound")
         self.temperatures = _temperature_grid(temperatures)
         self.mask_self = bool(mask_self)
         self.sym = SymmetricBasis(self.gmm)
@@ -438,14 +443,7 @@ class Profile:
     ) -> None:
         self.n_tokens = positive_int(n_tokens, "n_tokens")
         n_sequences = positive_int(n_sequences or max(64, 2**15 // n_tokens), "n_sequences")
-        ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
-        if ab.numel() != 1:
-            raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
-        self.alpha_bar = ab.item()
-        self.gmm = gmm.to(device="cpu", dtype=torch.float64)
-        self.s2 = self.gmm.noise_variance(self.alpha_bar).item()
-        if self.s2 == 0:
-            raise ValueError("the profile needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+        self.alpha_bar, self.gmm, self.s2 = _level(gmm, alpha_bar, "the profile")
         self.mask_self = bool(mask_self)
         self.x, _ = noisy_batch(self.gmm, self.alpha_bar, n_sequences, n_tokens, generator)
         self.target = oracle_eps(self.gmm, self.x, self.alpha_bar)

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
-from tqdm import tqdm
 
 from .._checks import alpha_bar_tensor, positive_int
 from ..best import BestInClass, best_in_class
 from ..mixture import MultiTokenGMM
 from ..runtime import by_preset
 from ..stats import PowerLaw, fit_power_law
-from .gap import GapMap
+from .gap import Fit, GapMap, best_grid, gap_map_of
 
 REFERENCE_SHAPE = {"radius": 4.0, "sigma0": 0.5}
 """Cluster norm r and spread σ0 held fixed while K and d vary (the book's reference values)."""
@@ -59,23 +58,9 @@ def best_at(
     )
 
 
-def _grid(cases, token_counts, seed, mask_self, progress, desc):
-    """Run :func:`best_at` on every (mixture, ᾱ) of ``cases`` (rows) and L (columns).
-    Returns excess, stderr, temperature c s² (P-coefficient of W_KQ times s²), the (3, 3)
-    coordinates, and the Bayes risk of each row with its error."""
-    shape = (len(cases), len(token_counts))
-    excess, stderr, temperature = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
-    coefficients = torch.zeros(*shape, 3, 3, dtype=torch.float64)
-    bayes, bayes_se = (torch.zeros(shape[0], dtype=torch.float64) for _ in range(2))
-    grid = [(i, j) for i in range(shape[0]) for j in range(shape[1])]
-    for i, j in tqdm(grid, desc=desc, disable=not progress):
-        gmm, alpha_bar = cases[i]
-        result = best_at(gmm, alpha_bar, token_counts[j], seed + 1000 * i + j, mask_self)
-        excess[i, j], stderr[i, j] = result.excess, result.stderr
-        coefficients[i, j] = result.coefficients
-        temperature[i, j] = result.coefficients[0, 0] * gmm.noise_variance(alpha_bar).item()
-        bayes[i], bayes_se[i] = result.bayes_risk, result.bayes_risk_stderr
-    return excess, stderr, temperature, coefficients, bayes, bayes_se
+def _fit(mask_self: bool) -> Fit:
+    """:func:`best_at` as a :data:`~mtgmm.experiments.gap.Fit`."""
+    return lambda gmm, alpha_bar, n_tokens, seed: best_at(gmm, alpha_bar, n_tokens, seed, mask_self)
 
 
 def token_curves(
@@ -91,22 +76,7 @@ def token_curves(
     :func:`sample_sizes`."""
     alpha_bars = alpha_bars or (0.95, 0.9, 0.7, 0.5, 0.1)
     token_counts = token_counts or tuple(2**n for n in range(3, by_preset(10, 12)))
-    cases = [(gmm, a) for a in alpha_bars]
-    excess, stderr, temperature, coefficients, bayes, bayes_se = _grid(
-        cases, token_counts, seed, False, progress, "excess vs L"
-    )
-    levels = torch.tensor(alpha_bars, dtype=torch.float64)
-    return GapMap(
-        levels,
-        torch.tensor(token_counts),
-        gmm.cluster_snr(levels),
-        excess,
-        stderr,
-        bayes,
-        bayes_se,
-        temperature,
-        coefficients,
-    )
+    return gap_map_of(gmm, alpha_bars, token_counts, _fit(False), seed, progress, "excess vs L")
 
 
 @dataclass(frozen=True)
@@ -156,8 +126,8 @@ def shape_sweep(
     alpha_bar = float(alpha_bar_tensor(alpha_bar).reshape(()))
     token_counts = token_counts or by_preset((16, 64, 256), (16, 64, 256, 1024))
     cases = [(reference_mixture(k, d), alpha_bar) for k, d in shapes]
-    excess, stderr, temperature, coefficients, _, _ = _grid(
-        cases, token_counts, seed, mask_self, progress, "excess vs K, d"
+    excess, stderr, temperature, coefficients, _, _ = best_grid(
+        cases, token_counts, _fit(mask_self), seed, progress, "excess vs K, d"
     )
     n_clusters, dims = (torch.tensor(v) for v in zip(*shapes, strict=True))
     return ShapeSweep(
