@@ -137,3 +137,14 @@ def test_theorem_run_meets_its_target(gmm, monkeypatch):
     assert 0 <= run.descent.measured[0] <= run.descent.predicted[0]
     assert run.readout.gap[-1] <= 0.05 and run.readout_steps == len(run.readout.gap) - 1
     assert run.excess < sum(run.targets) + 3 * run.excess_stderr
+
+
+def test_contraction_rate_ignores_roundoff():
+    """A long run reaches roundoff (zero or negative gaps); the rate uses the gaps above it."""
+    rho2 = 0.95
+    gap = 2.0 * rho2 ** np.arange(400.0)
+    gap[300:] = np.where(np.arange(100) % 2 == 0, 0.0, -1e-16)  # roundoff at the end
+    run = cv.ReadoutDescent(gap, 0.1, 1.0, 0.5, torch.zeros(3, 3))
+    assert abs(run.contraction_rate() - rho2) < 1e-9
+    with pytest.raises(ValueError, match="roundoff"):
+        cv.ReadoutDescent(np.zeros(10), 0.1, 1.0, 0.5, torch.zeros(3, 3)).contraction_rate()

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from scipy import optimize
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import alpha_bar_tensor, positive_int
 from .attention import AttentionDenoiser, SymmetricBasis, attend
@@ -82,6 +83,25 @@ def _basis(gmm: MultiTokenGMM, include_j: bool) -> tuple[Tensor, list[int]]:
     return torch.stack([candidates[i] for i in keep]), keep
 
 
+PROFILE_CHUNK_SCORES = 2**25
+"""Attention scores per chunk of sequences in the profile (128 MiB in float32). Each chunk is
+checkpointed, so that L-BFGS at long contexts (L = 4096 in the full preset) keeps only one
+chunk's L × L tensors alive instead of the whole sample's."""
+
+
+def _attend_chunked(x: Tensor, w_kq: Tensor, eye: Tensor, mask_self: bool) -> Tensor:
+    """``attend(x, w_kq, eye)`` over chunks of sequences of :data:`PROFILE_CHUNK_SCORES`
+    scores, each recomputed in the backward pass rather than stored."""
+    per_chunk = max(1, PROFILE_CHUNK_SCORES // x.shape[1] ** 2)
+    if x.shape[0] <= per_chunk:
+        return attend(x, w_kq, eye, mask_self)
+    parts = [
+        checkpoint(attend, x[i : i + per_chunk], w_kq, eye, mask_self, use_reentrant=False)
+        for i in range(0, x.shape[0], per_chunk)
+    ]
+    return torch.cat(parts)
+
+
 def _profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
     """The profile excess ℓ(κ) on a fixed sample and the optimal value/skip coefficients.
 
@@ -97,7 +117,7 @@ def _profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
 
     def evaluate(kappa: Tensor) -> tuple[Tensor, Tensor]:
         w_kq = torch.einsum("m,mij->ij", kappa, basis.to(kappa))
-        attended = attend(x, w_kq.to(x), eye, mask_self)  # A X
+        attended = _attend_chunked(x, w_kq.to(x), eye, mask_self)  # A X
         value = (attended.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()
         cross = skip @ value.T
         gram = torch.cat([torch.cat([g_skip, cross], 1), torch.cat([cross.T, value @ value.T], 1)])

@@ -40,6 +40,11 @@ def ddpm_loss(prediction: Tensor, eps: Tensor) -> Tensor:
     return ((prediction - eps) ** 2).sum(-1).mean()
 
 
+MAX_SCORES = 2**26
+"""Attention scores per evaluation batch of :func:`excess_risk` (256 MiB in float32), which
+caps the batch at long contexts: 256 sequences up to L = 512, one at L = 8192."""
+
+
 @torch.no_grad()
 def excess_risk(
     model: Denoiser,
@@ -54,9 +59,11 @@ def excess_risk(
 
     Estimated on ``n_sequences`` fresh sequences of ``n_tokens`` tokens; the error bar treats
     sequences (not tokens, which interact through attention) as the independent units.
-    The model runs on the mixture's device and dtype.
+    The model runs on the mixture's device and dtype, in batches of at most ``batch_size``
+    sequences and :data:`MAX_SCORES` attention scores.
     """
     n_sequences = positive_int(n_sequences, "n_sequences")
+    batch_size = min(positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2))
     per_sequence = []
     done = 0
     while done < n_sequences:

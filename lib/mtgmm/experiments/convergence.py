@@ -148,6 +148,16 @@ class ReadoutDescent:
         hit = self.gap <= target
         return int(np.argmax(hit)) if hit.any() else -1
 
+    def contraction_rate(self, floor: float = 1e-9) -> float:
+        """The measured contraction of the gap per step: ``exp`` of the slope of ``log gap``
+        over the second half of the run, keeping only gaps above ``floor · gap[0]`` (a long
+        run reaches roundoff, where the gap stops contracting or turns negative)."""
+        tail = self.gap[len(self.gap) // 2 :]
+        steps = np.arange(len(tail))[tail > floor * self.gap[0]]
+        if len(steps) < 2:
+            raise ValueError("the gap reaches roundoff before the second half: run fewer steps")
+        return float(np.exp(np.polyfit(steps, np.log(tail[steps]), 1)[0]))
+
 
 def readout_descent(
     gmm: MultiTokenGMM,
