@@ -75,7 +75,7 @@ class BestInClass:
     n_sequences: int
 
 
-def _basis(gmm: MultiTokenGMM, include_j: bool) -> tuple[Tensor, list[int]]:
+def invariant_matrices(gmm: MultiTokenGMM, include_j: bool) -> tuple[Tensor, list[int]]:
     """The non-zero matrices among (P, P⊥, J) (J only if ``include_j``) and their columns."""
     sym = SymmetricBasis(gmm)
     candidates = [sym.P, sym.P_perp, sym.J][: 3 if include_j else 2]
@@ -102,7 +102,7 @@ def _attend_chunked(x: Tensor, w_kq: Tensor, eye: Tensor, mask_self: bool) -> Te
     return torch.cat(parts)
 
 
-def _profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
+def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
     """The profile excess ℓ(κ) on a fixed sample and the optimal value/skip coefficients.
 
     ``x`` (n, L, d) in the compute dtype, ``target`` = ε*(x) in float64. Returns a function
@@ -217,8 +217,8 @@ def best_in_class(
 
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, streams[0])
-    basis, columns = _basis(gmm64, include_j)
-    evaluate = _profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+    basis, columns = invariant_matrices(gmm64, include_j)
+    evaluate = readout_profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
 
     direction = torch.tensor([1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64)
     starts = torch.stack([(c / s2) * direction[columns] for c in START_TEMPERATURES])
@@ -270,8 +270,8 @@ def readout_fit(
     )
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, fit_stream)
-    basis, columns = _basis(gmm64, include_j=True)
-    evaluate = _profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+    basis, columns = invariant_matrices(gmm64, include_j=True)
+    evaluate = readout_profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
     kappa = torch.as_tensor(w_kq_coordinates, dtype=torch.float64)[columns]
     with torch.no_grad():
         _, theta = evaluate(kappa)

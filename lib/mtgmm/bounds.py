@@ -78,7 +78,7 @@ from torch import Tensor
 
 from ._checks import alpha_bar_tensor, nonnegative_float, positive_int
 from .attention import SymmetricBasis, attend
-from .best import _basis, _profile
+from .best import invariant_matrices, readout_profile
 from .mixture import MultiTokenGMM
 from .objective import noisy_batch
 from .oracle import oracle_eps
@@ -447,8 +447,8 @@ class Profile:
         self.mask_self = bool(mask_self)
         self.x, _ = noisy_batch(self.gmm, self.alpha_bar, n_sequences, n_tokens, generator)
         self.target = oracle_eps(self.gmm, self.x, self.alpha_bar)
-        basis, self._columns = _basis(self.gmm, include_j=True)
-        self._evaluate = _profile(self.x, self.target, basis, self.mask_self)
+        basis, self._columns = invariant_matrices(self.gmm, include_j=True)
+        self._evaluate = readout_profile(self.x, self.target, basis, self.mask_self)
         direction = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
         self._direction = direction[self._columns] / self.s2
 
