@@ -17,7 +17,9 @@ PIP := $(PY) -m pip install --quiet $(FIND_LINKS) -c constraints.txt
 # Keep equal to DETERMINISTIC_ENV in tools/notebooks.py.
 DET_ENV := env -u MTGMM_PRESET CUDA_VISIBLE_DEVICES= MTGMM_DEVICE=cpu PYTHONHASHSEED=0 \
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-LINT_PATHS := lib tests tools
+LINT_PATHS := lib tests tools benchmarks
+# chapter code, as executed (book/ruff.toml: lines ≤ 88)
+CHAPTER_NOTEBOOKS := $(wildcard book/*.ipynb)
 CHAPTERS ?=
 # The site tests (tests/site) drive Debian's Chromium with playwright and serve MathJax from the
 # npm package in tools/site (locked by its package-lock.json); `make site-deps` installs both.
@@ -32,7 +34,7 @@ SITE_PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help bootstrap book notebooks test lint format clean distclean \
+.PHONY: help bootstrap book notebooks test lint format format-chapters clean distclean \
 	site-deps chromium test-site test-colab student site-url
 
 help:
@@ -46,7 +48,8 @@ help:
 	@echo "make site-url   print the address the book is published at (GitHub Pages)"
 	@echo "make notebooks  regenerate the executed book/*.ipynb from book/*.md"
 	@echo "                (CHAPTERS='notation mixture' to limit)"
-	@echo "make lint       ruff check and format check;  make format  fix what ruff can"
+	@echo "make lint       ruff check and format check (package and chapter code), prose check"
+	@echo "make format     fix what ruff can;  make format-chapters  format chapter code cells"
 	@echo "make clean      remove build outputs;  make distclean  also remove .venv"
 
 bootstrap: $(STAMP)
@@ -71,16 +74,20 @@ notebooks: bootstrap
 	$(DET_ENV) $(PY) tools/notebooks.py sync $(CHAPTERS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS) $(CHAPTER_NOTEBOOKS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS) $(CHAPTER_NOTEBOOKS)
+	$(PY) tools/check_prose.py
+
+# ruff-format the code cells of book/X.md (CHAPTERS='training gap' to limit)
+format-chapters: bootstrap
+	$(PY) tools/format_chapters.py $(CHAPTERS)
 
 format: bootstrap
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 test: bootstrap site-deps
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests
 	$(PY) tools/notebooks.py check
 	$(DET_ENV) $(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \

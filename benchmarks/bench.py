@@ -81,10 +81,26 @@ class Sizes:
 PRESETS = {
     "quick": Sizes((8,), ((1, 3),), 1, (64, 256), 2**18, 2, 0.01, 2**16, 20_000),
     "default": Sizes(
-        (8, 128), ((2, 22), (2, 12)), 5, (64, 256, 1024, 2048, 4096), 2**22, 5, 0.05, 2**21, 200_000
+        (8, 128),
+        ((2, 22), (2, 12)),
+        5,
+        (64, 256, 1024, 2048, 4096),
+        2**22,
+        5,
+        0.05,
+        2**21,
+        200_000,
     ),
     "full": Sizes(
-        (8, 128), ((5, 55), (5, 55)), 7, (64, 256, 1024, 4096, 16384), 2**26, 7, 0.1, 2**24, 2**21
+        (8, 128),
+        ((5, 55), (5, 55)),
+        7,
+        (64, 256, 1024, 4096, 16384),
+        2**26,
+        7,
+        0.1,
+        2**24,
+        2**21,
     ),
 }
 
@@ -132,7 +148,9 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(wall(lambda fn=fn: [fn() for _ in range(repeat)], device) / repeat)
+            times[name].append(
+                wall(lambda fn=fn: [fn() for _ in range(repeat)], device) / repeat
+            )
     return times
 
 
@@ -141,7 +159,9 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     v = [x * scale for x in values]
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
-    return f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f} – {max(v):.{digits}f}]"
+    return (
+        f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f} – {max(v):.{digits}f}]"
+    )
 
 
 def bench_bank(
@@ -176,16 +196,25 @@ def bench_bank(
     for _ in range(rounds):
         for n_steps in steps:
             for name, fn in methods.items():  # A B A B
-                timed.setdefault((name, n_steps), []).append(wall(run(fn, n_steps), device))
-        for name, times in interleaved(parts, device, 1, repeat=3, warm_up=False).items():
+                timed.setdefault((name, n_steps), []).append(
+                    wall(run(fn, n_steps), device)
+                )
+        for name, times in interleaved(
+            parts, device, 1, repeat=3, warm_up=False
+        ).items():
             timed.setdefault(name, []).extend(times)
     per_step, once, projected = {}, {}, {}
     for name in methods:
         t_short, t_long = timed[name, short], timed[name, long]
-        per_step[name] = [(b - a) / (long - short) for a, b in zip(t_short, t_long, strict=True)]
-        once[name] = [a - short * s for a, s in zip(t_short, per_step[name], strict=True)]
+        per_step[name] = [
+            (b - a) / (long - short) for a, b in zip(t_short, t_long, strict=True)
+        ]
+        once[name] = [
+            a - short * s for a, s in zip(t_short, per_step[name], strict=True)
+        ]
         projected[name] = [
-            o + preset_steps * s for o, s in zip(once[name], per_step[name], strict=True)
+            o + preset_steps * s
+            for o, s in zip(once[name], per_step[name], strict=True)
         ]
     rows = [
         f"| {name} | {n_tokens} | {batch} | {spread(per_step[name], 1e3)} "
@@ -204,10 +233,16 @@ def bench_bank(
         f"| {spread(ratios({name: timed[name, long] for name in methods}), 1, 2)}× "
         f"| {spread(ratios(projected), 1, 2)}× |"
     )
-    return rows, anatomy_row(n_tokens, batch, timed, per_step), statistics.median(step_ratio)
+    return (
+        rows,
+        anatomy_row(n_tokens, batch, timed, per_step),
+        statistics.median(step_ratio),
+    )
 
 
-def step_parts(device, gmm, n_tokens: int, batch: int) -> dict[str, Callable[[], object]]:
+def step_parts(
+    device, gmm, n_tokens: int, batch: int
+) -> dict[str, Callable[[], object]]:
     """The parts of one training step, per method: sampling its sequences, and the loss with
     its gradient (batched: ``_BankLoss`` over all timesteps; loop: ``ddpm_loss`` and autograd
     on each of the T layers, as :func:`mtgmm.train` does)."""
@@ -217,10 +252,14 @@ def step_parts(device, gmm, n_tokens: int, batch: int) -> dict[str, Callable[[],
             p.normal_(0, 0.1)
     params = list(bank.parameters())
     layers = [bank.layer(k).to(device) for k in range(N_STEPS_T)]
-    draw = _sampler(gmm, torch.Generator(device=device).manual_seed(0), device, torch.float32)
+    draw = _sampler(
+        gmm, torch.Generator(device=device).manual_seed(0), device, torch.float32
+    )
     levels = NoiseSchedule.cosine(N_STEPS_T).alpha_bar.to(device)
     ab = levels.repeat_interleave(batch)[:, None]
-    x, eps = (v.view(N_STEPS_T, batch, n_tokens, D) for v in draw(ab, len(ab), n_tokens))
+    x, eps = (
+        v.view(N_STEPS_T, batch, n_tokens, D) for v in draw(ab, len(ab), n_tokens)
+    )
 
     def loop_gradients() -> None:
         for layer, xs, es in zip(layers, x, eps, strict=True):
@@ -231,7 +270,9 @@ def step_parts(device, gmm, n_tokens: int, batch: int) -> dict[str, Callable[[],
         "batched gradient": lambda: torch.autograd.grad(
             _BankLoss.apply(*params, x, eps, False), params
         ),
-        "loop sampling": lambda: [draw(level, batch, n_tokens) for level in levels.tolist()],
+        "loop sampling": lambda: [
+            draw(level, batch, n_tokens) for level in levels.tolist()
+        ],
         "loop gradient": loop_gradients,
     }
     for fn in parts.values():
@@ -245,10 +286,15 @@ def anatomy_row(n_tokens: int, batch: int, timed: dict, per_step: dict) -> str:
     cells, bound, ceiling = [], [], []
     for m in ("batched", "loop"):
         sampling, gradient = timed[f"{m} sampling"], timed[f"{m} gradient"]
-        rest = [s - a - b for s, a, b in zip(per_step[m], sampling, gradient, strict=True)]
+        rest = [
+            s - a - b for s, a, b in zip(per_step[m], sampling, gradient, strict=True)
+        ]
         cells += [statistics.median(v) * 1e3 for v in (sampling, gradient, rest)]
     for loop, a, b in zip(
-        per_step["loop"], timed["batched sampling"], timed["batched gradient"], strict=True
+        per_step["loop"],
+        timed["batched sampling"],
+        timed["batched gradient"],
+        strict=True,
     ):
         bound.append(loop / (a + b))
         ceiling.append(loop / a)
@@ -276,7 +322,9 @@ def bench_attention(device, sizes: Sizes) -> list[str]:
             probe = wall(fns["fused"], device)
             repeat = max(1, round(sizes.min_time / max(probe, 1e-6)))
             times = interleaved(fns, device, sizes.attention_rounds, repeat)
-            ratio = [e / f for e, f in zip(times["explicit"], times["fused"], strict=True)]
+            ratio = [
+                e / f for e, f in zip(times["explicit"], times["fused"], strict=True)
+            ]
             cells.append(
                 f"{spread(times['fused'], 1e3, 2)} | {spread(times['explicit'], 1e3, 2)} "
                 f"| {statistics.median(ratio):.2f}×"
@@ -310,7 +358,10 @@ def bench_oracle(device, gmm, sizes: Sizes) -> list[str]:
     times = interleaved(
         {"oracle": lambda: mtgmm.oracle_eps(local, x, 0.5), "risk": risk}, device, 5
     )
-    t_oracle, t_risk = statistics.median(times["oracle"]), statistics.median(times["risk"])
+    t_oracle, t_risk = (
+        statistics.median(times["oracle"]),
+        statistics.median(times["risk"]),
+    )
     return [
         f"| `oracle_eps` (float32, {sizes.oracle_tokens:,} tokens) | {t_oracle * 1e3:.1f} ms "
         f"| {sizes.oracle_tokens / t_oracle / 1e6:.1f} M tokens/s |",
@@ -410,19 +461,28 @@ def write_readme(text: str) -> None:
     """Replace the text between the markers of README.md with ``text``."""
     content = README.read_text()
     start, end = (content.index(marker) for marker in MARKERS)
-    README.write_text(content[: start + len(MARKERS[0])] + "\n\n" + text + "\n" + content[end:])
+    README.write_text(
+        content[: start + len(MARKERS[0])] + "\n\n" + text + "\n" + content[end:]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke run of a few seconds")
-    size.add_argument("--full", action="store_true", help="larger sizes and more rounds (GPUs)")
+    size.add_argument(
+        "--full", action="store_true", help="larger sizes and more rounds (GPUs)"
+    )
     parser.add_argument("--device", default=None, help="default: mtgmm.pick_device()")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (default 1: robust to load)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: robust to load)",
     )
-    parser.add_argument("--readme", action="store_true", help="write the figures to README.md")
+    parser.add_argument(
+        "--readme", action="store_true", help="write the figures to README.md"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device) if args.device else mtgmm.pick_device()
     preset = "quick" if args.quick else "full" if args.full else "default"

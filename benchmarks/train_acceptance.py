@@ -47,8 +47,12 @@ def main() -> int:
             f"invariance defect {history.defect[-1].max():.3f}  "
             f"wall {history.wall_time:.1f} s  {'ok' if ok else 'FAIL'}"
         )
-    best = best_in_class(gmm, ALPHA_BAR, N_TOKENS, generator=torch.Generator().manual_seed(0))
-    print(f"best in class: excess {best.excess:.4f} ± {best.stderr:.4f} (bound {BOUND})")
+    best = best_in_class(
+        gmm, ALPHA_BAR, N_TOKENS, generator=torch.Generator().manual_seed(0)
+    )
+    print(
+        f"best in class: excess {best.excess:.4f} ± {best.stderr:.4f} (bound {BOUND})"
+    )
     return int(failures > 0)
 
 

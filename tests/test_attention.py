@@ -40,7 +40,10 @@ def test_layer_gradcheck(mask_self):
     in the tokens and all three matrices."""
     gen = rng(0)
     x = torch.randn(2, 4, 3, generator=gen, dtype=F64, requires_grad=True)
-    mats = [0.5 * torch.randn(3, 3, generator=gen, dtype=F64).requires_grad_() for _ in range(3)]
+    mats = [
+        0.5 * torch.randn(3, 3, generator=gen, dtype=F64).requires_grad_()
+        for _ in range(3)
+    ]
     assert torch.autograd.gradcheck(
         lambda *args: _layer_output(*args, mask_self=mask_self), (x, *mats)
     )
@@ -51,29 +54,40 @@ def test_bank_gradcheck():
     x = torch.randn(3, 4, 2, generator=gen, dtype=F64, requires_grad=True)
     bank = AttentionBank(3, 2).double()
     params = {
-        n: 0.5 * torch.randn(3, 2, 2, generator=gen, dtype=F64) for n in ("W_KQ", "W_V", "W_S")
+        n: 0.5 * torch.randn(3, 2, 2, generator=gen, dtype=F64)
+        for n in ("W_KQ", "W_V", "W_S")
     }
     t = torch.tensor([2, 0, 2])
 
     def run(x, w_kq, w_v, w_s):
-        return torch.func.functional_call(bank, {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}, (x, t))
+        return torch.func.functional_call(
+            bank, {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}, (x, t)
+        )
 
     inputs = (x, *(p.requires_grad_() for p in params.values()))
     assert torch.autograd.gradcheck(run, inputs)
 
 
-@pytest.mark.parametrize("n_tokens", [7, 20])  # short rows (own softmax) and torch's kernel
+@pytest.mark.parametrize(
+    "n_tokens", [7, 20]
+)  # short rows (own softmax) and torch's kernel
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("mask_self", [False, True])
 def test_fused_attend_equals_explicit(dtype, mask_self, n_tokens):
     gen = rng(2)
     x = torch.randn(5, n_tokens, 4, generator=gen, dtype=dtype)
-    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    tol = (
+        {"rtol": 1e-5, "atol": 1e-5}
+        if dtype == torch.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
     for shape in [(4, 4), (5, 4, 4)]:  # shared weights, then one matrix per sequence
         w_kq = 0.5 * torch.randn(shape, generator=gen, dtype=dtype)
         w_v = torch.randn(shape, generator=gen, dtype=dtype)
         explicit = attend_explicit(x, w_kq, w_v, mask_self)
-        torch.testing.assert_close(attend_fused(x, w_kq, w_v, mask_self), explicit, **tol)
+        torch.testing.assert_close(
+            attend_fused(x, w_kq, w_v, mask_self), explicit, **tol
+        )
         torch.testing.assert_close(attend(x, w_kq, w_v, mask_self), explicit, **tol)
         # and the explicit formula itself, token by token
         w_kq_i = w_kq.expand(5, 4, 4)
@@ -91,7 +105,9 @@ def test_fused_and_explicit_gradients_agree(mask_self):
     """Forward+backward of both kernels, float64, in the tokens and both matrices."""
     gen = rng(12)
     x = torch.randn(3, 9, 4, generator=gen, dtype=F64, requires_grad=True)
-    w_kq, w_v = (torch.randn(4, 4, generator=gen, dtype=F64, requires_grad=True) for _ in "ab")
+    w_kq, w_v = (
+        torch.randn(4, 4, generator=gen, dtype=F64, requires_grad=True) for _ in "ab"
+    )
     probe = torch.randn(3, 9, 4, generator=gen, dtype=F64)
     grads = [
         torch.autograd.grad((fn(x, w_kq, w_v, mask_self) * probe).sum(), (x, w_kq, w_v))
@@ -106,10 +122,14 @@ def test_short_row_softmax_equals_torch_to_second_order():
     values, and first and second derivatives (its backward is written by hand)."""
     gen = rng(13)
     scores = 3 * torch.randn(4, 5, 5, generator=gen, dtype=F64)
-    scores.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # masked entries stay exactly 0
+    scores.diagonal(dim1=-2, dim2=-1).fill_(
+        float("-inf")
+    )  # masked entries stay exactly 0
     assert scores.shape[-1] < SMALL_SOFTMAX_ROW
     weights = row_softmax(scores)
-    torch.testing.assert_close(weights, torch.softmax(scores, -1), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(
+        weights, torch.softmax(scores, -1), rtol=1e-14, atol=1e-15
+    )
     assert bool((weights.diagonal(dim1=-2, dim2=-1) == 0).all())
     finite = torch.randn(2, 3, 6, generator=gen, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(row_softmax, (finite,))
@@ -117,10 +137,15 @@ def test_short_row_softmax_equals_torch_to_second_order():
     probe = torch.randn(2, 3, 6, generator=gen, dtype=F64)
 
     def first_and_second(fn):
-        (grad,) = torch.autograd.grad((fn(finite) * probe).sum(), finite, create_graph=True)
+        (grad,) = torch.autograd.grad(
+            (fn(finite) * probe).sum(), finite, create_graph=True
+        )
         return grad, torch.autograd.grad((grad**2).sum(), finite)[0]
 
-    ours, reference = first_and_second(row_softmax), first_and_second(lambda s: s.softmax(-1))
+    ours, reference = (
+        first_and_second(row_softmax),
+        first_and_second(lambda s: s.softmax(-1)),
+    )
     for mine, theirs in zip(ours, reference, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
@@ -134,7 +159,9 @@ def test_attention_weights_are_row_stochastic_and_mask_zeroes_the_diagonal():
         torch.testing.assert_close(a.sum(-1), torch.ones(3, 6, dtype=F64))
         diag = torch.diagonal(a, dim1=-2, dim2=-1)
         assert bool((diag == 0).all()) if mask_self else bool((diag > 0).all())
-        torch.testing.assert_close(a @ x, attend(x, w_kq, torch.eye(4, dtype=F64), mask_self))
+        torch.testing.assert_close(
+            a @ x, attend(x, w_kq, torch.eye(4, dtype=F64), mask_self)
+        )
 
 
 @pytest.mark.parametrize("mask_self", [False, True])
@@ -161,19 +188,26 @@ def test_grouped_fast_path_equals_the_gather_path(mask_self):
     with torch.no_grad():
         for p in bank.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=F64))
-    x = torch.randn(4, 5, 7, 3, generator=gen, dtype=F64)  # timesteps 2..5, 5 sequences each
+    x = torch.randn(
+        4, 5, 7, 3, generator=gen, dtype=F64
+    )  # timesteps 2..5, 5 sequences each
     t = torch.arange(2, 6).repeat_interleave(5)
     gathered = bank(x.flatten(0, 1), t)
     torch.testing.assert_close(bank.by_timestep(x, first=2).flatten(0, 1), gathered)
     mixed = t.flip(0)  # not grouped: the gather path, sequence by sequence
     looped = torch.stack(
-        [bank.layer(int(k)).double()(s) for k, s in zip(mixed, x.flatten(0, 1), strict=True)]
+        [
+            bank.layer(int(k)).double()(s)
+            for k, s in zip(mixed, x.flatten(0, 1), strict=True)
+        ]
     )
     torch.testing.assert_close(bank(x.flatten(0, 1), mixed), looped)
     same = torch.full((5,), 4)  # one timestep for all: the layer's own matrices
     torch.testing.assert_close(bank(x[0], same), bank.layer(4).double()(x[0]))
     weights = [getattr(bank, name)[2:6] for name in ("W_KQ", "W_V", "W_S")]
-    torch.testing.assert_close(timestep_layers(x, *weights, mask_self), bank.by_timestep(x, 2))
+    torch.testing.assert_close(
+        timestep_layers(x, *weights, mask_self), bank.by_timestep(x, 2)
+    )
 
 
 def test_load_layer_round_trip():
@@ -206,7 +240,9 @@ def _mean_permutation(gmm: MultiTokenGMM, perm, seed: int) -> torch.Tensor:
     u = gmm.means.double() / gmm.means.double().norm(dim=1, keepdim=True)  # (K, d)
     basis, _ = torch.linalg.qr(torch.cat([u, torch.eye(gmm.dim, dtype=F64)]).T)
     rest = basis[:, gmm.n_clusters :].T  # orthonormal complement (d − K, d)
-    rot, _ = torch.linalg.qr(torch.randn(len(rest), len(rest), generator=rng(seed), dtype=F64))
+    rot, _ = torch.linalg.qr(
+        torch.randn(len(rest), len(rest), generator=rng(seed), dtype=F64)
+    )
     return u.T @ u[list(perm)] + rest.T @ rot @ rest
 
 
@@ -223,9 +259,13 @@ def test_symmetric_basis_round_trip_and_commutation(gmm):
         torch.testing.assert_close(q @ q.T, torch.eye(8, dtype=F64), atol=1e-6, rtol=0)
         means = gmm.means.double()
         torch.testing.assert_close(means @ q, means[list(perm)], atol=1e-5, rtol=0)
-        torch.testing.assert_close(q @ w, w @ q, atol=1e-5, rtol=0)  # symmetric: commute
+        torch.testing.assert_close(
+            q @ w, w @ q, atol=1e-5, rtol=0
+        )  # symmetric: commute
         generic = torch.randn(8, 8, generator=rng(seed), dtype=F64)
-        assert (q @ generic - generic @ q).abs().max() > 0.1  # a generic matrix does not
+        assert (
+            q @ generic - generic @ q
+        ).abs().max() > 0.1  # a generic matrix does not
         # so the layer is equivariant: f(XQ) = f(X) Q for symmetric weights
         layer = AttentionDenoiser.from_weights(*basis.compose(coeffs[:3])).double()
         x = torch.randn(2, 5, 8, generator=rng(seed), dtype=F64)

@@ -27,7 +27,9 @@ def test_bayes_risk_agrees_with_direct_monte_carlo(gmm, alpha_bar, sigma0):
 
 
 def test_the_three_estimators_agree_within_error_bars(skewed_gmm):
-    est = bayes_risk_estimates(skewed_gmm, torch.tensor([0.95, 0.6, 0.2]), 50_000, generator=rng(0))
+    est = bayes_risk_estimates(
+        skewed_gmm, torch.tensor([0.95, 0.6, 0.2]), 50_000, generator=rng(0)
+    )
     pairs = [
         (est.direct, est.direct_stderr, est.identity, est.identity_stderr),
         (est.direct, est.direct_stderr, est.conditional, est.conditional_stderr),
@@ -40,7 +42,8 @@ def test_the_three_estimators_agree_within_error_bars(skewed_gmm):
     assert bool((est.conditional_stderr <= est.direct_stderr * 1.05).all())
     assert bool(
         (
-            est.combined_stderr <= torch.minimum(est.identity_stderr, est.conditional_stderr) * 1.01
+            est.combined_stderr
+            <= torch.minimum(est.identity_stderr, est.conditional_stderr) * 1.01
         ).all()
     )
 
@@ -59,7 +62,9 @@ def test_single_gaussian_has_a_closed_form_risk():
 def test_risk_at_the_ends_of_the_schedule(gmm):
     # ᾱ = 1: x_t carries no information about ε, so ε* = 0 and R* = d
     assert bayes_risk(gmm, 1.0, 1000, rng(0))[0] == pytest.approx(8.0)
-    assert bayes_risk(MultiTokenGMM(gmm.means), 1.0, 1000, rng(0))[0] == pytest.approx(8.0)
+    assert bayes_risk(MultiTokenGMM(gmm.means), 1.0, 1000, rng(0))[0] == pytest.approx(
+        8.0
+    )
     # ᾱ → 0: x_t ≈ ε, so R* → 0
     assert bayes_risk(gmm, 1e-6, 1000, rng(0))[0] < 1e-4
 
@@ -82,7 +87,9 @@ def test_vectorised_levels_match_single_calls(gmm):
     curve = bayes_risk_estimates(gmm, levels, 20_000, generator=rng(3))
     for i, ab in enumerate(levels.tolist()):
         single, se = bayes_risk(gmm, ab, 20_000, generator=rng(4))
-        assert abs(curve.estimate[i].item() - single) < 4 * (se + curve.combined_stderr[i].item())
+        assert abs(curve.estimate[i].item() - single) < 4 * (
+            se + curve.combined_stderr[i].item()
+        )
 
 
 def test_invalid_arguments_are_rejected(gmm):

@@ -13,12 +13,16 @@ def _value_and_gradient(x, target, basis):
 
 
 def test_checkpointed_chunks_equal_one_pass(monkeypatch):
-    gmm = MultiTokenGMM.orthogonal(3, 6, radius=3.0, sigma0=0.5, seed=0, dtype=torch.float64)
+    gmm = MultiTokenGMM.orthogonal(
+        3, 6, radius=3.0, sigma0=0.5, seed=0, dtype=torch.float64
+    )
     x, _ = noisy_batch(gmm, 0.8, 10, 16, torch.Generator().manual_seed(0))
     target = oracle_eps(gmm, x, 0.8)
     basis, _ = best.invariant_matrices(gmm, include_j=True)
     whole = _value_and_gradient(x, target, basis)
-    monkeypatch.setattr(best, "PROFILE_CHUNK_SCORES", 3 * 16 * 16)  # chunks of 3 sequences
+    monkeypatch.setattr(
+        best, "PROFILE_CHUNK_SCORES", 3 * 16 * 16
+    )  # chunks of 3 sequences
     chunked = _value_and_gradient(x, target, basis)
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b)

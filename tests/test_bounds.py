@@ -24,7 +24,9 @@ GRID = (0.0, 0.06, 0.12, 0.18, 0.24)
 
 
 def _model(bound, i, gmm):
-    w = weights_from_coordinates(bound.coefficients[i], SymmetricBasis(gmm.to(dtype=torch.float64)))
+    w = weights_from_coordinates(
+        bound.coefficients[i], SymmetricBasis(gmm.to(dtype=torch.float64))
+    )
     return AttentionDenoiser.from_weights(*w).double(), w
 
 
@@ -61,7 +63,9 @@ def test_bound_is_above_the_measured_excess_of_its_model(gmm, alpha_bar, n_token
     model, _ = _model(bound, 0, gmm)
     g64 = gmm.to(dtype=torch.float64)
     measured, se = excess_risk(model, g64, alpha_bar, n_tokens, 256, rng(5))
-    assert measured < bound.excess[0].item() + 3 * math.hypot(se, bound.stderr[0].item())
+    assert measured < bound.excess[0].item() + 3 * math.hypot(
+        se, bound.stderr[0].item()
+    )
     assert measured > 0.85 * bound.excess[0].item()
 
 
@@ -76,10 +80,14 @@ def test_fluctuation_matrix_matches_theory(gmm):
     g64 = gmm.to(dtype=torch.float64)
     torch.testing.assert_close(ess, ess_fraction(g64, 0.9, q))
     for a in range(e.shape[0]):
-        torch.testing.assert_close(fluct[:, a, a], attention_fluctuation(g64, 0.9, q, e[a]))
+        torch.testing.assert_close(
+            fluct[:, a, a], attention_fluctuation(g64, 0.9, q, e[a])
+        )
         for b in range(a):
             both = attention_fluctuation(g64, 0.9, q, e[a] + e[b])
-            torch.testing.assert_close(both, fluct[:, a, a] + fluct[:, b, b] + 2 * fluct[:, a, b])
+            torch.testing.assert_close(
+                both, fluct[:, a, a] + fluct[:, b, b] + 2 * fluct[:, a, b]
+            )
 
 
 def test_tokens_needed_inverts_the_bound(gmm):
@@ -99,7 +107,9 @@ def test_tokens_needed_is_inf_below_the_floor(gmm):
 def test_short_contexts_are_gated(gmm):
     bound = token_bound(gmm, 0.9, [2, 8], GRID, 2**12, rng(9), min_keys=4.0)
     assert bound.excess[0] == math.inf and math.isnan(bound.temperature[0].item())
-    assert bound.temperature[1] == 0.0  # only uniform attention has (L − 1) ESS >= 4 at L = 8
+    assert (
+        bound.temperature[1] == 0.0
+    )  # only uniform attention has (L − 1) ESS >= 4 at L = 8
     assert bound.ess[0] == pytest.approx(1.0) and bool((bound.ess[1:] < 1).all())
 
 
@@ -116,7 +126,9 @@ def test_short_contexts_are_gated(gmm):
     ],
 )
 def test_token_bound_rejects_invalid_arguments(gmm, kwargs, match):
-    args = dict(alpha_bar=0.9, token_counts=[8], temperatures=GRID, n_samples=64) | kwargs
+    args = (
+        dict(alpha_bar=0.9, token_counts=[8], temperatures=GRID, n_samples=64) | kwargs
+    )
     with pytest.raises(ValueError, match=match):
         token_bound(gmm, **args)
 

@@ -22,7 +22,9 @@ from .conftest import rng
 
 @pytest.fixture(scope="module")
 def g64() -> MultiTokenGMM:
-    return MultiTokenGMM.orthogonal(4, 8, radius=4.0, sigma0=0.5, seed=0, dtype=torch.float64)
+    return MultiTokenGMM.orthogonal(
+        4, 8, radius=4.0, sigma0=0.5, seed=0, dtype=torch.float64
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def test_linear_weights_match_the_closed_form_and_least_squares(g64, skewed_gmm)
     ab = 0.7
     a2, s2 = ab, g64.noise_variance(ab).item()
     p = g64.span_projector()
-    expected = (1 - ab) ** 0.5 * (p / (a2 * 16 / 4 + s2) + (torch.eye(8, dtype=p.dtype) - p) / s2)
+    expected = (1 - ab) ** 0.5 * (
+        p / (a2 * 16 / 4 + s2) + (torch.eye(8, dtype=p.dtype) - p) / s2
+    )
     torch.testing.assert_close(exp.linear_weights(g64, ab), expected)
     # general means: regress the noise on the noisy token
     gen = skewed_gmm.to(dtype=torch.float64)
@@ -58,7 +62,9 @@ def test_linear_weights_match_the_closed_form_and_least_squares(g64, skewed_gmm)
 
 def test_tempered_weights_at_one_are_the_construction(g64):
     for got, want in zip(
-        exp.tempered_weights(g64, 0.6, 1.0), mean_denoising_weights(g64, 0.6), strict=True
+        exp.tempered_weights(g64, 0.6, 1.0),
+        mean_denoising_weights(g64, 0.6),
+        strict=True,
     ):
         torch.testing.assert_close(got, want)
 
@@ -91,10 +97,14 @@ def test_cluster_share_of_finite_attention_approaches_the_limit(g64):
     keys = ab**0.5 * x0[0] + (1 - ab) ** 0.5 * torch.randn(
         x0[0].shape, generator=rng(6), dtype=torch.float64
     )
-    q = 0.1 * keys[:3] @ g64.span_projector()  # low temperature: the average converges fast
+    q = (
+        0.1 * keys[:3] @ g64.span_projector()
+    )  # low temperature: the average converges fast
     weights = torch.softmax(q @ keys.T, -1)  # (3, n_keys)
     share = torch.stack([weights[:, labels[0] == k].sum(-1) for k in range(4)], -1)
-    torch.testing.assert_close(share, exp.cluster_attention_limit(g64, ab, q), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        share, exp.cluster_attention_limit(g64, ab, q), atol=0.01, rtol=0
+    )
 
 
 def test_tempered_limit_excess_matches_the_attention_limit(g64):
@@ -127,7 +137,9 @@ def test_posterior_averaging_map_averages_soft_cluster_means(g64):
     a_star = exp.posterior_averaging_map(g64, x_t, 0.8)
     torch.testing.assert_close(a_star.sum(-1), torch.ones(64, dtype=torch.float64))
     w = posterior_weights(g64, x_t, 0.8)
-    soft_means = torch.stack([(w[:, k : k + 1] * x_t).sum(0) / w[:, k].sum() for k in range(4)])
+    soft_means = torch.stack(
+        [(w[:, k : k + 1] * x_t).sum(0) / w[:, k].sum() for k in range(4)]
+    )
     torch.testing.assert_close(a_star @ x_t, w @ soft_means)
 
 
@@ -139,9 +151,14 @@ def test_alignment_profile_against_independent_estimates(g64, schedule):
     gmm = g64.to(dtype=torch.float32)
     banks = {"zero": _zero_bank(schedule), "linear": exp.linear_bank(gmm, schedule)}
     profile = exp.alignment_profile(gmm, schedule, banks, n_tokens=4, n_sequences=512)
-    assert profile.names == ("zero", "linear") and profile.relative_error.mean.shape == (2, 4)
+    assert profile.names == (
+        "zero",
+        "linear",
+    ) and profile.relative_error.mean.shape == (2, 4)
     # ε̂ = 0: relative error exactly 1, cosine 0
-    torch.testing.assert_close(profile.relative_error.mean[0], torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(
+        profile.relative_error.mean[0], torch.ones(4, dtype=torch.float64)
+    )
     assert profile.cosine.mean[0].abs().max() < 1e-6
     # the linear bank's excess against bank_excess_risk on other samples
     other, other_se = bank_excess_risk(banks["linear"], gmm, schedule, 4, 512, rng(13))
@@ -163,13 +180,17 @@ def test_mean_denoising_profile_of_the_construction(g64, schedule):
     torch.testing.assert_close(
         profile.own_mass_limit.mean, profile.posterior_own.mean, atol=1e-5, rtol=0
     )
-    torch.testing.assert_close(profile.limit_to_oracle.mean, torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(
+        profile.limit_to_oracle.mean, torch.zeros(4, dtype=torch.float64)
+    )
     uniform = exp.mean_denoising_profile(gmm, schedule, _zero_bank(schedule), 16, 8)
     torch.testing.assert_close(
         uniform.own_mass_limit.mean, torch.full((4,), 0.25, dtype=torch.float64)
     )
     # uniform attention: the share of the own cluster is the fraction of same-label tokens
-    assert ((uniform.own_mass.mean - 0.25).abs() < 6 * uniform.own_mass.stderr + 0.05).all()
+    assert (
+        (uniform.own_mass.mean - 0.25).abs() < 6 * uniform.own_mass.stderr + 0.05
+    ).all()
 
 
 def test_attention_snapshot_orders_tokens_by_cluster(g64, schedule):
@@ -184,7 +205,9 @@ def test_attention_snapshot_orders_tokens_by_cluster(g64, schedule):
 def test_bank_temperature_reads_the_construction(g64, schedule):
     gmm = g64.to(dtype=torch.float32)
     tau = exp.bank_temperature(exp.construction_bank(gmm, schedule, 0.3), gmm, schedule)
-    torch.testing.assert_close(tau, torch.full((4,), 0.3, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tau, torch.full((4,), 0.3, dtype=torch.float64), atol=1e-5, rtol=0
+    )
 
 
 def test_uniform_attention_bank_has_no_similarity(g64, schedule):
@@ -192,7 +215,9 @@ def test_uniform_attention_bank_has_no_similarity(g64, schedule):
     bank = exp.uniform_attention_bank(gmm, schedule, n_tokens=8, n_sequences=32)
     assert bank.W_KQ.abs().max() == 0 and bank.W_S.abs().max() > 0
     x = torch.randn(2, 8, 8, generator=rng(15))
-    torch.testing.assert_close(attention_weights(x, bank.W_KQ[1]), torch.full((2, 8, 8), 1 / 8))
+    torch.testing.assert_close(
+        attention_weights(x, bank.W_KQ[1]), torch.full((2, 8, 8), 1 / 8)
+    )
 
 
 def test_temperature_scan_splits_the_excess(g64):
@@ -206,9 +231,13 @@ def test_temperature_scan_splits_the_excess(g64):
 def test_invalid_arguments_raise(g64, schedule):
     gmm = g64.to(dtype=torch.float32)
     with pytest.raises(ValueError, match="timesteps"):
-        exp.alignment_profile(gmm, NoiseSchedule.cosine(5), {"b": _zero_bank(schedule)}, 4)
+        exp.alignment_profile(
+            gmm, NoiseSchedule.cosine(5), {"b": _zero_bank(schedule)}, 4
+        )
     with pytest.raises(ValueError, match="n_sequences"):
-        exp.mean_denoising_profile(gmm, schedule, _zero_bank(schedule), 4, n_sequences=1)
+        exp.mean_denoising_profile(
+            gmm, schedule, _zero_bank(schedule), 4, n_sequences=1
+        )
     with pytest.raises(ValueError, match="n_seeds"):
         exp.temperature_scan(gmm, (0.9,), (8,), n_seeds=1)
     with pytest.raises(ValueError, match="at least one"):

@@ -40,8 +40,12 @@ def test_profile_matches_readout_fit_and_finite_differences(gmm):
     coeffs = profile.coefficients(0.1)
     assert coeffs[0, 0].item() * profile.s2 == pytest.approx(0.1)
     assert coeffs[0, 2].item() == pytest.approx(-coeffs[0, 0].item())
-    model, _, _ = readout_fit(gmm, 0.9, 16, coeffs[0], n_sequences=4096, generator=rng(3))
-    fitted = SymmetricBasis(gmm.to(dtype=torch.float64)).coordinates(model.W_V.detach().double())
+    model, _, _ = readout_fit(
+        gmm, 0.9, 16, coeffs[0], n_sequences=4096, generator=rng(3)
+    )
+    fitted = SymmetricBasis(gmm.to(dtype=torch.float64)).coordinates(
+        model.W_V.detach().double()
+    )
     torch.testing.assert_close(fitted, coeffs[1], atol=0.1, rtol=0.1)
 
 
@@ -70,7 +74,9 @@ def test_temperature_iterations_on_a_quadratic():
     assert gaps[k] <= 1e-6 < gaps[k - 1]
     assert temperature_iterations(0.001, 1e-3, 2.0, 1.0, 0.5) == 0
     for bad in (dict(step=1.0), dict(secant=3.0), dict(target=0.0)):
-        args = dict(distance0=1.0, target=1e-3, smoothness=2.0, secant=1.0, step=0.5) | bad
+        args = (
+            dict(distance0=1.0, target=1e-3, smoothness=2.0, secant=1.0, step=0.5) | bad
+        )
         with pytest.raises(ValueError):
             temperature_iterations(**args)
 
@@ -86,11 +92,18 @@ def test_gradient_symmetry_at_symmetric_and_asymmetric_points(gmm):
 
 
 def test_readout_descent_obeys_the_quadratic_bound(gmm):
-    run = cv.readout_descent(gmm, 0.9, 16, _line(gmm, 0.9, 0.12), n_steps=150, n_sequences=32)
+    run = cv.readout_descent(
+        gmm, 0.9, 16, _line(gmm, 0.9, 0.12), n_steps=150, n_sequences=32
+    )
     assert run.gap[-1] < run.gap[0] and bool((run.gap >= -1e-9).all())
     for target in (1e-1, 1e-2):
         k = gd_iterations(
-            run.gap[0], target, run.smoothness, run.strong_convexity, run.step, quadratic=True
+            run.gap[0],
+            target,
+            run.smoothness,
+            run.strong_convexity,
+            run.step,
+            quadratic=True,
         )
         if k < len(run.gap):
             assert run.gap[k] <= target
@@ -109,7 +122,9 @@ def test_landscape_flags_the_short_context_barrier(gmm):
 
 def test_temperature_descent_counts(gmm):
     run = cv.temperature_descent(gmm, 0.9, 32, (1e-2, 1e-3), n_sequences=64, n_grid=9)
-    assert bool((run.measured >= 0).all()) and bool((run.predicted >= run.measured).all())
+    assert bool((run.measured >= 0).all()) and bool(
+        (run.predicted >= run.measured).all()
+    )
     assert bool((run.gaps <= run.envelope() + 1e-9).all())
     assert bool(np.all(np.diff(run.taus) >= 0))  # monotone, no overshoot (τ0 < τ*)
 
@@ -147,4 +162,6 @@ def test_contraction_rate_ignores_roundoff():
     run = cv.ReadoutDescent(gap, 0.1, 1.0, 0.5, torch.zeros(3, 3))
     assert abs(run.contraction_rate() - rho2) < 1e-9
     with pytest.raises(ValueError, match="roundoff"):
-        cv.ReadoutDescent(np.zeros(10), 0.1, 1.0, 0.5, torch.zeros(3, 3)).contraction_rate()
+        cv.ReadoutDescent(
+            np.zeros(10), 0.1, 1.0, 0.5, torch.zeros(3, 3)
+        ).contraction_rate()

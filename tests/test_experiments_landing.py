@@ -15,7 +15,12 @@ def result():
 
 def test_shapes_and_attention_rows(result):
     assert result.n_tokens.tolist() == [16, 32]
-    assert result.trained.shape == result.uniform.shape == result.construction.shape == (2,)
+    assert (
+        result.trained.shape
+        == result.uniform.shape
+        == result.construction.shape
+        == (2,)
+    )
     assert result.attention.shape == (16, 16)
     torch.testing.assert_close(result.attention.sum(-1), torch.ones(16))
     assert torch.all(result.labels[1:] >= result.labels[:-1])  # ordered by cluster

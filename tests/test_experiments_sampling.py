@@ -91,7 +91,9 @@ def test_sequence_shape_sees_placement_not_shape(setting):
     rotated = exp.sequence_shape(exp.rotate_sequences(x, gmm, seed=4), gmm)
     assert abs(rotated.centre_distance[0] - shape.centre_distance[0]) < 1e-4
     assert rotated.offset[0] > 1.0
-    assert abs(rotated.centroid[0] - shape.centroid[0]) < 1e-4  # the rotations fix Σ μ_k
+    assert (
+        abs(rotated.centroid[0] - shape.centroid[0]) < 1e-4
+    )  # the rotations fix Σ μ_k
 
 
 def test_symmetry_rotations_commute_with_the_symmetric_matrices(setting):
@@ -118,19 +120,27 @@ def test_hybrid_predictor_switches_between_bank_and_oracle(setting):
     gmm, schedule, trained = setting
     x = torch.randn(2, 16, 8, generator=rng(8))
     t = torch.full((2,), 1)
-    only_oracle = exp.HybridPredictor(trained.bank, gmm, schedule, torch.zeros(4, dtype=torch.bool))
-    only_bank = exp.HybridPredictor(trained.bank, gmm, schedule, torch.ones(4, dtype=torch.bool))
+    only_oracle = exp.HybridPredictor(
+        trained.bank, gmm, schedule, torch.zeros(4, dtype=torch.bool)
+    )
+    only_bank = exp.HybridPredictor(
+        trained.bank, gmm, schedule, torch.ones(4, dtype=torch.bool)
+    )
     torch.testing.assert_close(only_bank(x, t), trained.bank(x, t))
     torch.testing.assert_close(only_oracle(x, t), only_oracle.oracle(x, t))
     with pytest.raises(ValueError):
         only_bank(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError):
-        exp.HybridPredictor(trained.bank, gmm, schedule, torch.ones(3, dtype=torch.bool))
+        exp.HybridPredictor(
+            trained.bank, gmm, schedule, torch.ones(3, dtype=torch.bool)
+        )
 
 
 def test_compare_samplers_window_ablation_path_and_trajectories(setting):
     gmm, schedule, trained = setting
-    results = exp.compare_samplers(gmm, schedule, [trained], n_total=256, n_projections=8)
+    results = exp.compare_samplers(
+        gmm, schedule, [trained], n_total=256, n_projections=8
+    )
     assert [r.name for r in results] == ["exact", "oracle", "bank L=16"]
     assert all(r.samples.shape == (16, 16, 8) for r in results)
     assert results[0].summary.sliced.floor > 0
@@ -141,10 +151,16 @@ def test_compare_samplers_window_ablation_path_and_trajectories(setting):
     assert path.on_own_path.shape == path.on_oracle_path.shape == (4,)
     assert (path.on_own_path >= 0).all()
     traj = exp.reverse_trajectories(
-        gmm, schedule, {"bank": trained.bank, "bank again": trained.bank}, 16, n_frames=3
+        gmm,
+        schedule,
+        {"bank": trained.bank, "bank again": trained.bank},
+        16,
+        n_frames=3,
     )
     assert traj.states.shape[:2] == (2, 3) and traj.steps.tolist() == [4, 2, 0]
-    torch.testing.assert_close(traj.states[0], traj.states[1])  # same seed, same predictor
+    torch.testing.assert_close(
+        traj.states[0], traj.states[1]
+    )  # same seed, same predictor
 
 
 def test_sizes_follow_the_preset():
@@ -163,4 +179,6 @@ def test_reverse_coefficients_agree_with_the_weights():
     schedule = NoiseSchedule.linear(20)
     inv_sqrt_alpha, eps_coef, sigma = reverse_coefficients(schedule)
     weights = exp.kl_weights(schedule)
-    torch.testing.assert_close(weights[1:], ((inv_sqrt_alpha * eps_coef) ** 2 / (2 * sigma**2))[1:])
+    torch.testing.assert_close(
+        weights[1:], ((inv_sqrt_alpha * eps_coef) ** 2 / (2 * sigma**2))[1:]
+    )

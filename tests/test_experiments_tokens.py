@@ -41,7 +41,9 @@ def test_reference_mixture_shape():
     gmm = reference_mixture(3, 5, dtype=torch.float64)
     assert (gmm.n_clusters, gmm.dim, gmm.sigma0) == (3, 5, 0.5)
     gram = gmm.means @ gmm.means.T
-    torch.testing.assert_close(gram, 16 * torch.eye(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        gram, 16 * torch.eye(3, dtype=torch.float64), atol=1e-12, rtol=0
+    )
 
 
 def test_local_slopes_of_a_power_law_are_constant():
@@ -65,7 +67,9 @@ def test_fit_tail_drops_a_bend_at_small_L():
     y = np.where(X <= 32, X**-0.3, 32**0.6 * X**-0.9)
     tail = fit_tail(X, y, 0.01 * y)
     assert tail.first == 32 and tail.fit.slope == pytest.approx(-0.9)
-    bent = fit_tail(X, X**-0.3 * np.exp(0.3 * np.log(X) ** 2), 0.001 * X)  # curved everywhere
+    bent = fit_tail(
+        X, X**-0.3 * np.exp(0.3 * np.log(X) ** 2), 0.001 * X
+    )  # curved everywhere
     assert bent.n_points == 3 and bent.p_value < 0.05
 
 
@@ -82,8 +86,12 @@ def test_tokens_for_target_inverts_an_exact_power_law():
         value, se = tokens_for_target(X, y, 0.01 * y, target)
         assert value == pytest.approx((target / 5) ** (1 / -0.8))
         assert se > 0
-    assert all(math.isnan(v) for v in tokens_for_target(X, y, 0.01 * y, 10.0))  # above at L = 8
-    assert all(math.isnan(v) for v in tokens_for_target(X, y, 0.01 * y, 1e-4))  # never reached
+    assert all(
+        math.isnan(v) for v in tokens_for_target(X, y, 0.01 * y, 10.0)
+    )  # above at L = 8
+    assert all(
+        math.isnan(v) for v in tokens_for_target(X, y, 0.01 * y, 1e-4)
+    )  # never reached
 
 
 def test_tokens_for_target_error_matches_simulation():
@@ -108,7 +116,9 @@ def test_tokens_for_target_rejects_bad_arguments():
 
 def test_token_curves_tiny(quick, gmm):
     curves = token_curves(gmm, alpha_bars=(0.9, 0.5), token_counts=(4, 8))
-    assert curves.excess.shape == curves.stderr.shape == curves.temperature.shape == (2, 2)
+    assert (
+        curves.excess.shape == curves.stderr.shape == curves.temperature.shape == (2, 2)
+    )
     assert curves.coefficients.shape == (2, 2, 3, 3)
     assert (curves.excess > 0).all() and (curves.stderr > 0).all()
     assert (curves.bayes > 0).all() and (curves.bayes < gmm.dim).all()

@@ -14,7 +14,9 @@ from mtgmm.experiments.training import (
 
 
 def test_training_experiments_tiny(gmm):
-    config = TrainingSetting(n_tokens=8, steps=6, batch_size=4, n_eval_sequences=8, log_every=3)
+    config = TrainingSetting(
+        n_tokens=8, steps=6, batch_size=4, n_eval_sequences=8, log_every=3
+    )
     runs = seed_runs(gmm, 0.9, seeds=(0, 1), config=config)
     assert runs.excess.shape == (2, 3) and runs.coordinates.shape == (2, 3, 3, 3)
     mean, stderr = runs.mean_and_stderr(runs.excess)

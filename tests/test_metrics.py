@@ -31,11 +31,16 @@ def _separated(sigma0: float = 0.5, weights=WEIGHTS) -> MultiTokenGMM:
 
 
 def test_sliced_wasserstein_of_a_cloud_with_itself_is_zero_and_symmetric():
-    x, y = torch.randn(300, 5, generator=rng(0)), torch.randn(200, 5, generator=rng(1)) + 0.3
+    x, y = (
+        torch.randn(300, 5, generator=rng(0)),
+        torch.randn(200, 5, generator=rng(1)) + 0.3,
+    )
     assert sliced_wasserstein(x, x, 32, rng(2)) == (0.0, 0.0)
     theta = random_directions(32, 5, rng(3))
     xy = sliced_wasserstein(x, y, directions=theta)[0]
-    assert xy > 0 and math.isclose(xy, sliced_wasserstein(y, x, directions=theta)[0], rel_tol=1e-12)
+    assert xy > 0 and math.isclose(
+        xy, sliced_wasserstein(y, x, directions=theta)[0], rel_tol=1e-12
+    )
 
 
 def test_translation_identity_holds_exactly_per_direction():
@@ -80,7 +85,10 @@ def test_two_samples_from_one_law_are_close_and_closer_for_more_samples():
 def test_unequal_sizes_match_the_replicated_equal_size_computation():
     # An empirical law is unchanged when each point is repeated the same number of times:
     # 30 and 45 points become 90 and 90, where W2² is the mean squared gap of sorted values.
-    x, y = torch.randn(30, 3, generator=rng(12)), torch.randn(45, 3, generator=rng(13)) * 1.5
+    x, y = (
+        torch.randn(30, 3, generator=rng(12)),
+        torch.randn(45, 3, generator=rng(13)) * 1.5,
+    )
     theta = random_directions(16, 3, rng(14))
     direct = sliced_wasserstein(x, y, directions=theta)[0]
     replicated = sliced_wasserstein(
@@ -108,7 +116,10 @@ def test_occupancy_test_agrees_with_pearson_for_lone_tokens_and_has_power():
     pearson = stats.chisquare(counts, WEIGHTS.double().numpy() * counts.sum()).statistic
     assert math.isclose(occ.chi2, pearson, rel_tol=0.1, abs_tol=0.3)
     wrong = _separated(weights=torch.tensor([0.45, 0.3, 0.15, 0.1]))
-    assert cluster_occupancy(wrong.sample(5000, 1, generator=rng(17))[0], gmm).p_value < 1e-6
+    assert (
+        cluster_occupancy(wrong.sample(5000, 1, generator=rng(17))[0], gmm).p_value
+        < 1e-6
+    )
 
 
 def test_occupancy_error_bars_allow_for_tokens_that_share_a_cluster():
@@ -141,7 +152,9 @@ def test_assignments_are_the_bayes_classifier():
         ],
         axis=1,
     )
-    np.testing.assert_array_equal(cluster_assignments(x, gmm).numpy(), log_joint.argmax(1))
+    np.testing.assert_array_equal(
+        cluster_assignments(x, gmm).numpy(), log_joint.argmax(1)
+    )
     # σ0 = 0: nearest mean, even against the weights
     atoms = MultiTokenGMM(means, torch.tensor([0.98, 0.01, 0.01]), sigma0=0.0)
     nearest = torch.cdist(x, means).argmin(1)
@@ -180,7 +193,9 @@ def test_cluster_statistics_detect_a_shifted_cluster():
 def test_comparison_with_the_truth_and_its_noise_floor():
     gmm = _separated()
     x, _ = gmm.sample(125, 8, generator=rng(21))
-    exact = sliced_wasserstein_to_truth(x, gmm, n_projections=256, n_repeats=4, generator=rng(22))
+    exact = sliced_wasserstein_to_truth(
+        x, gmm, n_projections=256, n_repeats=4, generator=rng(22)
+    )
     # perfect samples: E excess = 0; measured over 80 draws of S at this size, excess/floor
     # had sd 0.47 and max |·| 2.0, so 4 floors is a wide margin (floor ≈ 0.01 ≪ 1/8 below)
     assert abs(exact.excess) < 4 * exact.floor
@@ -197,7 +212,9 @@ def test_comparison_with_the_truth_and_its_noise_floor():
 def test_summary_collects_everything():
     gmm = _separated()
     x, _ = gmm.sample(200, 8, generator=rng(23))
-    summary = summarize_samples(x, gmm, n_projections=32, n_repeats=3, generator=rng(24))
+    summary = summarize_samples(
+        x, gmm, n_projections=32, n_repeats=3, generator=rng(24)
+    )
     row = summary.headline()
     assert set(row) >= {"tv", "p_value", "max_mean_error", "spread", "sw2", "sw2_floor"}
     assert all(math.isfinite(v) for v in row.values())

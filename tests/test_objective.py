@@ -13,9 +13,13 @@ def test_score_cap_equals_the_same_small_batches(monkeypatch):
         model.W_S.copy_(0.5 * torch.eye(4))
 
     def run(batch_size: int) -> tuple[float, float]:
-        return excess_risk(model, gmm, 0.7, 64, 10, torch.Generator().manual_seed(3), batch_size)
+        return excess_risk(
+            model, gmm, 0.7, 64, 10, torch.Generator().manual_seed(3), batch_size
+        )
 
     small = run(3)
-    monkeypatch.setattr(objective, "MAX_SCORES", 3 * 64 * 64)  # three sequences of L = 64
+    monkeypatch.setattr(
+        objective, "MAX_SCORES", 3 * 64 * 64
+    )  # three sequences of L = 64
     assert run(256) == small
     assert run(256) != run(2)  # the batching does change which noise each sequence gets

@@ -30,18 +30,30 @@ def test_oracle_matches_quadrature_in_1d(alpha_bar, x):
 
     def moment(power, k):
         f = lambda x0: x0**power * _prior_density_1d(x0, sigma0)[k] * lik(x0)  # noqa: E731
-        return integrate.quad(f, -15, 15, points=[-2, 0.5, 3, x / a], limit=200, epsabs=0)[0]
+        return integrate.quad(
+            f, -15, 15, points=[-2, 0.5, 3, x / a], limit=200, epsabs=0
+        )[0]
 
     z = np.array([moment(0, k) for k in range(3)])
     mean_x0 = sum(moment(1, k) for k in range(3)) / z.sum()
-    g = MultiTokenGMM(torch.tensor(MEANS_1D, dtype=torch.float64), torch.tensor(WEIGHTS_1D), sigma0)
+    g = MultiTokenGMM(
+        torch.tensor(MEANS_1D, dtype=torch.float64), torch.tensor(WEIGHTS_1D), sigma0
+    )
     xt = torch.tensor([[x]], dtype=torch.float64)
     np.testing.assert_allclose(
-        posterior_weights(g, xt, alpha_bar)[0].numpy(), z / z.sum(), rtol=1e-7, atol=1e-12
+        posterior_weights(g, xt, alpha_bar)[0].numpy(),
+        z / z.sum(),
+        rtol=1e-7,
+        atol=1e-12,
     )
-    np.testing.assert_allclose(oracle_x0(g, xt, alpha_bar).item(), mean_x0, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(
-        oracle_eps(g, xt, alpha_bar).item(), (x - a * mean_x0) / b, rtol=1e-7, atol=1e-10
+        oracle_x0(g, xt, alpha_bar).item(), mean_x0, rtol=1e-7, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        oracle_eps(g, xt, alpha_bar).item(),
+        (x - a * mean_x0) / b,
+        rtol=1e-7,
+        atol=1e-10,
     )
 
 
@@ -63,7 +75,10 @@ def test_oracle_matches_quadrature_in_2d(alpha_bar):
         post = prior * np.exp(-((x - a * pts) ** 2).sum(-1) / (2 * b**2))
         mass = integrate.trapezoid(integrate.trapezoid(post, grid, axis=1), grid)
         mean_x0 = [
-            integrate.trapezoid(integrate.trapezoid(post * pts[..., i], grid, axis=1), grid) / mass
+            integrate.trapezoid(
+                integrate.trapezoid(post * pts[..., i], grid, axis=1), grid
+            )
+            / mass
             for i in range(2)
         ]
         eps_quad = (x - a * np.array(mean_x0)) / b
@@ -77,7 +92,9 @@ def test_tweedie_oracle_is_minus_b_times_the_score(skewed_gmm, alpha_bar):
     g = skewed_gmm.to(dtype=torch.float64)
     a, b = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
     s = (a**2 * g.sigma0**2 + b**2) ** 0.5
-    components = torch.distributions.Independent(torch.distributions.Normal(a * g.means, s), 1)
+    components = torch.distributions.Independent(
+        torch.distributions.Normal(a * g.means, s), 1
+    )
     p_t = torch.distributions.MixtureSameFamily(
         torch.distributions.Categorical(g.weights), components
     )
@@ -88,7 +105,9 @@ def test_tweedie_oracle_is_minus_b_times_the_score(skewed_gmm, alpha_bar):
         oracle_eps(g, x.detach(), alpha_bar), -b * score, rtol=1e-9, atol=1e-11
     )
     # and the package's own density agrees with torch.distributions
-    torch.testing.assert_close(g.log_prob(x.detach(), alpha_bar), p_t.log_prob(x.detach()))
+    torch.testing.assert_close(
+        g.log_prob(x.detach(), alpha_bar), p_t.log_prob(x.detach())
+    )
 
 
 def test_oracle_x0_and_eps_are_consistent(skewed_gmm):
@@ -128,20 +147,30 @@ def test_oracle_is_invariant_under_relabelling_clusters(perm_seed, alpha_bar, si
         MultiTokenGMM(means[perm], weights[perm], sigma0),
     )
     x = torch.randn(4, 3, 6, generator=gen, dtype=torch.float64) * 3
-    torch.testing.assert_close(oracle_eps(g, x, alpha_bar), oracle_eps(g_perm, x, alpha_bar))
     torch.testing.assert_close(
-        posterior_weights(g, x, alpha_bar)[..., perm], posterior_weights(g_perm, x, alpha_bar)
+        oracle_eps(g, x, alpha_bar), oracle_eps(g_perm, x, alpha_bar)
+    )
+    torch.testing.assert_close(
+        posterior_weights(g, x, alpha_bar)[..., perm],
+        posterior_weights(g_perm, x, alpha_bar),
     )
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), alpha_bar=st.floats(0.01, 1.0), sigma0=st.floats(0.0, 1.5))
+@given(
+    seed=st.integers(0, 10_000),
+    alpha_bar=st.floats(0.01, 1.0),
+    sigma0=st.floats(0.0, 1.5),
+)
 def test_oracle_is_equivariant_under_rotating_means_and_inputs(seed, alpha_bar, sigma0):
     gen = rng(seed)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
     means = torch.randn(3, 6, generator=gen, dtype=torch.float64) * 2
     x = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 3
-    g, g_rot = MultiTokenGMM(means, sigma0=sigma0), MultiTokenGMM(means @ q.T, sigma0=sigma0)
+    g, g_rot = (
+        MultiTokenGMM(means, sigma0=sigma0),
+        MultiTokenGMM(means @ q.T, sigma0=sigma0),
+    )
     torch.testing.assert_close(
         oracle_eps(g_rot, x @ q.T, alpha_bar), oracle_eps(g, x, alpha_bar) @ q.T
     )
@@ -167,7 +196,9 @@ def test_alpha_bar_broadcasts_over_leading_dims(gmm):
         torch.testing.assert_close(batched[i], oracle_eps(g, x[i], ab))
     per_token = torch.rand(3, 5, generator=rng(1), dtype=torch.float64) * 0.9 + 0.05
     out = oracle_eps(g, x, per_token)
-    torch.testing.assert_close(out[1, 2], oracle_eps(g, x[1, 2], per_token[1, 2].item()))
+    torch.testing.assert_close(
+        out[1, 2], oracle_eps(g, x[1, 2], per_token[1, 2].item())
+    )
     with pytest.raises(ValueError, match="broadcast"):
         oracle_eps(g, x, torch.full((4,), 0.5))
 
@@ -184,13 +215,17 @@ def test_runs_on_cuda(gmm):
     x = torch.randn(2, 3, 8, device="cuda")
     out = oracle_eps(gmm, x, 0.5)
     assert out.device.type == "cuda"
-    torch.testing.assert_close(out.cpu(), oracle_eps(gmm, x.cpu(), 0.5), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out.cpu(), oracle_eps(gmm, x.cpu(), 0.5), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("sigma0", [0.0, 0.5])
 @pytest.mark.parametrize("alpha_bar", [1e-7, 1e-4, 0.5, 1 - 1e-4, 1 - 1e-6, 1.0])
 def test_float32_is_finite_and_accurate_at_both_ends(sigma0, alpha_bar):
-    g64 = MultiTokenGMM.orthogonal(4, 8, radius=4.0, sigma0=sigma0).to(dtype=torch.float64)
+    g64 = MultiTokenGMM.orthogonal(4, 8, radius=4.0, sigma0=sigma0).to(
+        dtype=torch.float64
+    )
     x0, _ = g64.sample(200, 4, generator=rng(0))
     x_t, _ = add_noise(x0, alpha_bar, generator=rng(1))
     x32 = x_t.float()
@@ -209,7 +244,9 @@ def test_float32_is_finite_and_accurate_at_both_ends(sigma0, alpha_bar):
         torch.testing.assert_close(oracle_x0(g32, x32, 1.0), x32)
 
 
-@pytest.mark.parametrize("alpha_bar", [0.0, -0.1, 1.5, float("nan"), torch.tensor([0.5, 0.0])])
+@pytest.mark.parametrize(
+    "alpha_bar", [0.0, -0.1, 1.5, float("nan"), torch.tensor([0.5, 0.0])]
+)
 def test_alpha_bar_outside_unit_interval_is_rejected(gmm, alpha_bar):
     for fn in (oracle_eps, oracle_x0, posterior_weights):
         with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\]"):

@@ -67,7 +67,14 @@ def test_zero_predictor_gives_the_closed_form_gaussian(variance):
     ab, _, _, sigma2 = _reverse_terms(schedule, variance)
     v = (1 / ab[-1] + (sigma2[1:] / ab[:-1]).sum()).item()
     x = ddpm_sample(
-        _zeros, schedule, 400, 4, dim=8, variance=variance, generator=rng(1), progress=False
+        _zeros,
+        schedule,
+        400,
+        4,
+        dim=8,
+        variance=variance,
+        generator=rng(1),
+        progress=False,
     )
     flat = x.double().flatten()
     n = flat.numel()
@@ -81,7 +88,9 @@ def test_single_gaussian_with_the_exact_noise_follows_the_linear_gaussian_law(va
     gmm = MultiTokenGMM(torch.tensor([[mu]]), sigma0=sigma0)
     # The sampler's exact law tends to N(μ, σ0²) as the steps get finer: both variance
     # choices are within 1 % at T = 1000 (time-discretisation error only).
-    m_fine, v_fine = _gaussian_sampler_law(NoiseSchedule.cosine(1000), mu, sigma0, variance)
+    m_fine, v_fine = _gaussian_sampler_law(
+        NoiseSchedule.cosine(1000), mu, sigma0, variance
+    )
     assert abs(m_fine - mu) < 1e-6 and abs(v_fine / sigma0**2 - 1) < 0.01
     # At T = 100 the sampler must match its exact law within Monte Carlo error (the law is
     # off N(μ, σ0²) by +1.6 % ("beta") or −7 % ("posterior") in variance at this T).
@@ -146,7 +155,8 @@ def test_sampler_accepts_an_attention_bank():
 
 
 @pytest.mark.parametrize(
-    ("every", "steps"), [(3, [10, 7, 4, 1, 0]), (5, [10, 5, 0]), (1, list(range(10, -1, -1)))]
+    ("every", "steps"),
+    [(3, [10, 7, 4, 1, 0]), (5, [10, 5, 0]), (1, list(range(10, -1, -1)))],
 )
 def test_trajectory_shapes_and_contents(every, steps):
     gmm = _separated_skewed(0.5)
@@ -164,14 +174,19 @@ def test_trajectory_shapes_and_contents(every, steps):
     assert states.shape == (len(steps), 3, 4, 8)
     assert saved.tolist() == steps
     torch.testing.assert_close(states[-1], x, rtol=0, atol=0)
-    torch.testing.assert_close(states[0], torch.randn(3, 4, 8, generator=rng(5)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        states[0], torch.randn(3, 4, 8, generator=rng(5)), rtol=0, atol=0
+    )
 
 
 def test_seeded_sampling_is_deterministic():
     gmm = _separated_skewed(0.5)
     schedule = NoiseSchedule.cosine(30)
     fn = oracle_eps_fn(gmm, schedule)
-    a, b, c = (ddpm_sample(fn, schedule, 4, 3, generator=rng(s), progress=False) for s in (6, 6, 7))
+    a, b, c = (
+        ddpm_sample(fn, schedule, 4, 3, generator=rng(s), progress=False)
+        for s in (6, 6, 7)
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -196,9 +211,17 @@ def test_float32_stays_finite_at_both_ends_of_the_schedule(sigma0, variance):
     # a schedule starting at ᾱ = 1 (β_0 = 0, so 0/0 in β/√(1 − ᾱ)) is handled too
     edge = NoiseSchedule.from_alpha_bar([1.0, 0.5, 1e-3])
     for var in ("beta", "posterior"):
-        assert all(bool(torch.isfinite(c).all()) for c in reverse_coefficients(edge, var))
+        assert all(
+            bool(torch.isfinite(c).all()) for c in reverse_coefficients(edge, var)
+        )
         y = ddpm_sample(
-            oracle_eps_fn(gmm, edge), edge, 8, 4, variance=var, generator=rng(8), progress=False
+            oracle_eps_fn(gmm, edge),
+            edge,
+            8,
+            4,
+            variance=var,
+            generator=rng(8),
+            progress=False,
         )
         assert bool(torch.isfinite(y).all())
 

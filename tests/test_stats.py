@@ -27,7 +27,11 @@ def test_exact_power_law_and_prediction():
 
 @pytest.mark.parametrize(
     "x, y, se",
-    [([1, 2], [1, 2], [1, 1]), ([1, 2, 3], [1, -2, 3], [1, 1, 1]), ([1, 2, 3], [1, 2], [1, 1])],
+    [
+        ([1, 2], [1, 2], [1, 1]),
+        ([1, 2, 3], [1, -2, 3], [1, 1, 1]),
+        ([1, 2, 3], [1, 2], [1, 1]),
+    ],
 )
 def test_bad_input_is_rejected(x, y, se):
     with pytest.raises(ValueError):

@@ -46,13 +46,17 @@ from .conftest import rng
 F64 = torch.float64
 
 
-def _marginal(g: MultiTokenGMM, alpha_bar: float, n_sets: int, n_keys: int, gen) -> torch.Tensor:
+def _marginal(
+    g: MultiTokenGMM, alpha_bar: float, n_sets: int, n_keys: int, gen
+) -> torch.Tensor:
     """(n_sets, n_keys, d) i.i.d. noisy tokens from the step-ᾱ marginal."""
     x0, _ = g.sample(n_sets, n_keys, generator=gen)
     return add_noise(x0, alpha_bar, generator=gen)[0]
 
 
-def _queries(g: MultiTokenGMM, alpha_bar: float, n: int, temperature: float, gen) -> torch.Tensor:
+def _queries(
+    g: MultiTokenGMM, alpha_bar: float, n: int, temperature: float, gen
+) -> torch.Tensor:
     """Query rows q = x W of marginal tokens, for a random W with s² ‖W‖_op = temperature."""
     s2 = g.noise_variance(alpha_bar).item()
     w = torch.randn(g.dim, g.dim, generator=gen, dtype=F64)
@@ -80,7 +84,10 @@ def test_attention_limit_is_the_large_L_limit_at_rate_one_over_sqrt_L(which, req
     sizes = [3125, 12_500, 50_000, 200_000]
     rms = []
     for n in sizes:
-        errors = [_brute_attention(_marginal(g, ab, 1, n, gen), q)[0] - limit for _ in range(6)]
+        errors = [
+            _brute_attention(_marginal(g, ab, 1, n, gen), q)[0] - limit
+            for _ in range(6)
+        ]
         rms.append(torch.stack(errors).pow(2).sum(-1).mean().sqrt().item())
     slope = np.polyfit(np.log(sizes), np.log(rms), 1)[0]
     assert slope == pytest.approx(-0.5, abs=0.12), (slope, rms)
@@ -96,7 +103,9 @@ def test_attention_limit_formula_for_general_means(skewed_gmm):
     g = skewed_gmm.to(dtype=F64)
     ab = 0.4
     a, s2 = ab**0.5, g.noise_variance(ab).item()
-    q = torch.tensor([[0.3, -1.2, 0.5], [2.0, 0.1, -0.7]], dtype=F64, requires_grad=True)
+    q = torch.tensor(
+        [[0.3, -1.2, 0.5], [2.0, 0.1, -0.7]], dtype=F64, requires_grad=True
+    )
     # log E e^{⟨q,x⟩} with x ~ Σ π_k N(aμ_k, s² I); its gradient is the tilted mean
     log_mgf = torch.logsumexp(
         g.log_weights + a * q @ g.means.T + 0.5 * s2 * (q**2).sum(-1, keepdim=True), -1
@@ -133,7 +142,9 @@ def test_mean_denoising_limit_is_not_the_oracle_for_unequal_norms(gmm):
     means = g.means.clone()
     means[0] *= 1.5
     unequal = MultiTokenGMM(means, sigma0=g.sigma0)
-    est, se = limit_excess(mean_denoising_weights(unequal, ab), unequal, ab, 20_000, rng(4))
+    est, se = limit_excess(
+        mean_denoising_weights(unequal, ab), unequal, ab, 20_000, rng(4)
+    )
     assert est > 0.05 and est > 20 * se, (est, se)
 
 
@@ -143,7 +154,9 @@ def test_mean_denoising_limit_is_not_the_oracle_for_unequal_norms(gmm):
 def test_effective_sample_size_of_attention_rows(gmm):
     x = _marginal(gmm.to(dtype=F64), 0.5, 3, 10, rng(5))
     uniform = torch.full((3, 10, 10), 0.1, dtype=F64)
-    torch.testing.assert_close(effective_sample_size(uniform), torch.full((3, 10), 10.0, dtype=F64))
+    torch.testing.assert_close(
+        effective_sample_size(uniform), torch.full((3, 10), 10.0, dtype=F64)
+    )
     torch.testing.assert_close(
         effective_sample_size(torch.eye(10, dtype=F64)), torch.ones(10, dtype=F64)
     )
@@ -171,7 +184,9 @@ def test_ess_fraction_closed_forms(gmm):
     single = MultiTokenGMM(torch.tensor([[1.0, -2.0, 0.5]], dtype=F64), sigma0=0.4)
     q = torch.randn(5, 3, generator=rng(7), dtype=F64)
     s2 = single.noise_variance(ab).item()
-    torch.testing.assert_close(ess_fraction(single, ab, q), torch.exp(-s2 * (q**2).sum(-1)))
+    torch.testing.assert_close(
+        ess_fraction(single, ab, q), torch.exp(-s2 * (q**2).sum(-1))
+    )
     g = gmm.to(dtype=F64)
     s2 = g.noise_variance(ab).item()
     c = 0.5 / s2
@@ -181,7 +196,9 @@ def test_ess_fraction_closed_forms(gmm):
     frac = ess_fraction(g, ab, c * x @ g.span_projector())
     approx = g.weights[labels[:, 0]] * torch.exp(-(c**2) * s2 * px2)
     torch.testing.assert_close(frac, approx, rtol=1e-3, atol=0)
-    assert bool((frac <= torch.exp(-(c**2) * s2 * px2)).all())  # the mixture factor is <= 1
+    assert bool(
+        (frac <= torch.exp(-(c**2) * s2 * px2)).all()
+    )  # the mixture factor is <= 1
 
 
 # ------------------------------------------------------------- finite-token fluctuations
@@ -204,8 +221,12 @@ def test_fluctuation_and_bias_match_repeated_key_sets(which, request):
     r = keys.shape[0]
     for with_self in (False, True):
         if with_self:  # the query token prepended to every key set (n + 1 keys)
-            with_query = [torch.cat([x_q[i].expand(r, 1, -1), keys], 1) for i in range(3)]
-            a = torch.cat([_brute_attention(k, q[i : i + 1]) for i, k in enumerate(with_query)], 1)
+            with_query = [
+                torch.cat([x_q[i].expand(r, 1, -1), keys], 1) for i in range(3)
+            ]
+            a = torch.cat(
+                [_brute_attention(k, q[i : i + 1]) for i, k in enumerate(with_query)], 1
+            )
         else:
             a = _brute_attention(keys, q)
         dev = a - limit  # (R, Q, d)
@@ -228,7 +249,9 @@ def _limit_readout(w_kq, g, alpha_bar, gen):
     m = attention_limit(g, alpha_bar, x @ w_kq)
     feats = torch.cat([torch.einsum("nd,mde->nem", f, e) for f in (m, x)], -1)
     theta = torch.linalg.lstsq(
-        feats.reshape(-1, 2 * len(e)), oracle_eps(g, x, alpha_bar).reshape(-1, 1), driver="gelsd"
+        feats.reshape(-1, 2 * len(e)),
+        oracle_eps(g, x, alpha_bar).reshape(-1, 1),
+        driver="gelsd",
     ).solution[:, 0]
     w_v, w_s = (torch.einsum("m,mde->de", part, e) for part in theta.split(len(e)))
     return w_v, w_s
@@ -260,7 +283,9 @@ def test_predicted_excess_matches_measured_excess_risk(low_temperature_layer):
 
 
 @pytest.mark.parametrize("mask_self", [False, True])
-def test_token_expansion_constant_matches_measured_gap(low_temperature_layer, mask_self):
+def test_token_expansion_constant_matches_measured_gap(
+    low_temperature_layer, mask_self
+):
     """(L − 1)·(excess(L) − limit), measured with the limit as control variate, approaches
     the predicted constant: within 10% (+3 s.e.) at L = 256, closer at 64 than at 16."""
     g, ab, weights = low_temperature_layer
@@ -268,10 +293,16 @@ def test_token_expansion_constant_matches_measured_gap(low_temperature_layer, ma
     assert exp.kappa < 0.5 and exp.mask_self is mask_self
     err, err_se = {}, {}
     for n_tokens, n_seq in [(16, 2048), (64, 1024), (256, 256)]:
-        gap, se = measured_token_gap(weights, g, ab, n_tokens, n_seq, rng(16), mask_self)
+        gap, se = measured_token_gap(
+            weights, g, ab, n_tokens, n_seq, rng(16), mask_self
+        )
         err[n_tokens] = (n_tokens - 1) * gap - exp.slope
         err_se[n_tokens] = (n_tokens - 1) * math.hypot(se, exp.stderr(n_tokens).item())
-    assert abs(err[256]) < 0.1 * abs(exp.slope) + 3 * err_se[256], (err, err_se, exp.slope)
+    assert abs(err[256]) < 0.1 * abs(exp.slope) + 3 * err_se[256], (
+        err,
+        err_se,
+        exp.slope,
+    )
     assert abs(err[64]) < abs(err[16])
 
 
@@ -335,7 +366,9 @@ def test_symmetrize_and_coordinates_round_trip():
     # a model, a mapping and a bank (leading T axis) are all accepted
     model = AttentionDenoiser.from_weights(*w)
     for form in (model, model.weights()):  # float32 copies
-        torch.testing.assert_close(reduced_coordinates(form, basis), coords, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            reduced_coordinates(form, basis), coords, rtol=1e-6, atol=1e-6
+        )
     stacked = reduced_coordinates(tuple(torch.stack([m, m]) for m in w), basis)
     assert stacked.shape == (2, 3, 3)
     with pytest.raises(ValueError, match="three"):
@@ -373,7 +406,9 @@ def test_permutation_isometry(gmm, skewed_gmm):
     # on the complement Q acts as comp: Q restricted there is similar to comp
     p_perp = torch.eye(8, dtype=F64) - exact.span_projector()
     torch.testing.assert_close(torch.trace(p_perp @ q), torch.trace(comp))
-    q32 = permutation_isometry(gmm, perm)  # float32-rounded means are accepted (to 1e-6)
+    q32 = permutation_isometry(
+        gmm, perm
+    )  # float32-rounded means are accepted (to 1e-6)
     torch.testing.assert_close(
         gmm.means.double() @ q32, gmm.means.double()[perm], atol=1e-5, rtol=0
     )
@@ -399,7 +434,9 @@ def _chunk_gradients(g, weights, alpha_bar, gen, n_chunks=24, n_seq=32, n_tokens
 
 def _noise_ratio(values: torch.Tensor) -> float:
     """‖mean‖² over its expectation under a zero mean, Σ Var / C: about 1 for pure noise."""
-    return ((values.mean(0) ** 2).sum() / (values.var(0).sum() / values.shape[0])).item()
+    return (
+        (values.mean(0) ** 2).sum() / (values.var(0).sum() / values.shape[0])
+    ).item()
 
 
 def test_population_gradient_at_an_invariant_point_is_invariant(gmm):
@@ -415,7 +452,9 @@ def test_population_gradient_at_an_invariant_point_is_invariant(gmm):
         g = MultiTokenGMM(means, sigma0=gmm.sigma0)
         basis = SymmetricBasis(g)
         p, j = basis.P, basis.J
-        grads = _chunk_gradients(g, (0.3 * (p - j), -0.2 * p, 0.5 * (eye + p)), ab, rng(23))
+        grads = _chunk_gradients(
+            g, (0.3 * (p - j), -0.2 * p, 0.5 * (eye + p)), ab, rng(23)
+        )
         sym = basis.project(grads)
         ratio = _noise_ratio(grads - sym)
         if invariant:
@@ -462,13 +501,17 @@ def test_score_matching_error_is_excess_over_b_squared(skewed_gmm):
         score_matching_error(1.0, 1.0)
 
 
-_MODELS = {mask: AttentionDenoiser(8, mask_self=mask).double() for mask in (False, True)}
+_MODELS = {
+    mask: AttentionDenoiser(8, mask_self=mask).double() for mask in (False, True)
+}
 
 
 def _loss_at(w_kq, w_v, w_s, x_t, eps, mask_self=False):
     """The DDPM loss as a function of the three matrices (for autograd in the readout)."""
     params = {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}
-    return ddpm_loss(torch.func.functional_call(_MODELS[mask_self], params, (x_t,)), eps)
+    return ddpm_loss(
+        torch.func.functional_call(_MODELS[mask_self], params, (x_t,)), eps
+    )
 
 
 def _readout_loss(theta, e, w_kq, x_t, eps, mask_self=False):
@@ -490,7 +533,9 @@ def test_readout_hessian_matches_autograd(gmm, mask_self):
     )
     torch.testing.assert_close(readout_hessian(w_kq, x_t, basis, mask_self), h)
     h_full = torch.autograd.functional.hessian(
-        lambda v: _loss_at(w_kq, v[:64].view(8, 8), v[64:].view(8, 8), x_t, eps, mask_self),
+        lambda v: _loss_at(
+            w_kq, v[:64].view(8, 8), v[64:].view(8, 8), x_t, eps, mask_self
+        ),
         torch.zeros(128, dtype=F64),
     )
     block = readout_hessian(w_kq, x_t, mask_self=mask_self)
@@ -515,10 +560,14 @@ def test_gd_iterations_bounds_gradient_descent_on_the_readout_quadratic(gmm):
     e = orthonormal_symmetric_basis(basis)
     w_kq = 0.2 / g.noise_variance(ab).item() * (basis.P - basis.J)
     x_t, eps = noisy_batch(g, ab, 32, 16, rng(33))
-    model = AttentionDenoiser.from_weights(w_kq, torch.eye(8), torch.zeros(8, 8)).double()
+    model = AttentionDenoiser.from_weights(
+        w_kq, torch.eye(8), torch.zeros(8, 8)
+    ).double()
     with torch.no_grad():
         attn_out = model(x_t)  # the attention output A (W_V = I, W_S = 0)
-    feats = torch.stack([torch.einsum("nld,mde->nlme", f, e) for f in (attn_out, x_t)], -3)
+    feats = torch.stack(
+        [torch.einsum("nld,mde->nlme", f, e) for f in (attn_out, x_t)], -3
+    )
     feats = feats.flatten(-3, -2)  # (n, L, 2m, d)
 
     def loss(theta):

@@ -40,7 +40,9 @@ def best_reference():
     return best_in_class(reference, 0.9, 128, generator=rng(2))
 
 
-def _cluster_scores(model: AttentionDenoiser, gmm: MultiTokenGMM, alpha_bar: float) -> torch.Tensor:
+def _cluster_scores(
+    model: AttentionDenoiser, gmm: MultiTokenGMM, alpha_bar: float
+) -> torch.Tensor:
     """Attention scores between noiseless cluster centres, ``a μ_k W_KQ (a μ_l)ᵀ`` (K × K)."""
     centres = alpha_bar**0.5 * gmm.means
     return centres @ model.W_KQ.detach() @ centres.T
@@ -48,10 +50,14 @@ def _cluster_scores(model: AttentionDenoiser, gmm: MultiTokenGMM, alpha_bar: flo
 
 def test_short_training_decreases_excess_and_stays_symmetric(gmm):
     model = AttentionDenoiser(8)
-    history = train(model, gmm, 0.9, 128, steps=150, generator=rng(0), n_eval_sequences=256)
+    history = train(
+        model, gmm, 0.9, 128, steps=150, generator=rng(0), n_eval_sequences=256
+    )
     assert history.step[0] == 0 and history.step[-1] == 150
     assert history.coordinates.shape == (len(history.step), 3, 3)
-    assert history.excess[0] > 0.6  # the least-squares start: attention still nearly uniform
+    assert (
+        history.excess[0] > 0.6
+    )  # the least-squares start: attention still nearly uniform
     assert history.final_excess < 0.16 < history.excess[0] / 4
     # near the invariant subspace: non-symmetric parts small against the matrices themselves
     norms = torch.stack([w.norm() for w in model.weights().values()]).numpy()
@@ -62,7 +68,9 @@ def test_short_training_decreases_excess_and_stays_symmetric(gmm):
     assert scores.diagonal().min() > off_diagonal.max() + 2.0
     # an independent evaluation on other sequences agrees with the logged excess
     fresh, fresh_se = excess_risk(model, gmm, 0.9, 128, 1024, rng(99))
-    assert abs(fresh - history.final_excess) < 4 * np.hypot(fresh_se, history.final_stderr)
+    assert abs(fresh - history.final_excess) < 4 * np.hypot(
+        fresh_se, history.final_stderr
+    )
     # risk decomposition: training loss ≈ Bayes risk + excess
     risk, _ = bayes_risk(gmm, 0.9, 100_000, rng(5))
     assert abs(history.loss[-1] - (risk + history.final_excess)) < 0.08
@@ -97,7 +105,10 @@ def test_best_in_class_is_a_stationary_point_of_the_full_excess(gmm, best_refere
     perturbed = AttentionDenoiser.from_weights(
         1.3 * weights["W_KQ"], weights["W_V"], 0.95 * weights["W_S"]
     )
-    at_best, at_perturbed = symmetric_gradient(best.model), symmetric_gradient(perturbed)
+    at_best, at_perturbed = (
+        symmetric_gradient(best.model),
+        symmetric_gradient(perturbed),
+    )
     assert at_best.norm() < 0.05 * at_perturbed.norm()
     # the model's weights are the composed coefficients
     composed = basis.compose(best.coefficients)
@@ -108,7 +119,9 @@ def test_mean_direction_terms_matter_at_low_snr(gmm):
     with_j = best_in_class(gmm, 0.1, 128, generator=rng(6))
     without_j = best_in_class(gmm, 0.1, 128, generator=rng(7), include_j=False)
     assert without_j.coefficients[:, 2].abs().max() == 0
-    assert without_j.excess > with_j.excess + 5 * np.hypot(with_j.stderr, without_j.stderr)
+    assert without_j.excess > with_j.excess + 5 * np.hypot(
+        with_j.stderr, without_j.stderr
+    )
     assert with_j.excess == pytest.approx(0.095, abs=3 * with_j.stderr + 0.003)
     assert without_j.excess == pytest.approx(0.167, abs=3 * without_j.stderr + 0.005)
 
@@ -128,7 +141,9 @@ def test_zero_start_lands_in_the_anti_similarity_minimum(gmm):
         n_eval_sequences=256,
     )
     assert history.final_excess > 0.4
-    assert history.coordinates[-1, 0, 0] < -0.2  # W_KQ's P coefficient: negative temperature
+    assert (
+        history.coordinates[-1, 0, 0] < -0.2
+    )  # W_KQ's P coefficient: negative temperature
     assert history.defect[-1].max() < 0.05
     scores = _cluster_scores(model, gmm, 0.9)
     assert scores.diagonal().max() < scores[~torch.eye(4, dtype=torch.bool)].min()
@@ -138,24 +153,34 @@ def test_train_bank_trains_every_layer_like_the_loop(gmm):
     schedule = NoiseSchedule.from_alpha_bar([0.9, 0.5, 0.05])
     n_tokens, steps = 64, 300
     batched_bank, loop_bank = AttentionBank(3, 8), AttentionBank(3, 8)
-    batched = train_bank(batched_bank, gmm, schedule, n_tokens, steps, rng(10), progress=False)
-    loop = train_bank_loop(loop_bank, gmm, schedule, n_tokens, steps, rng(11), progress=False)
+    batched = train_bank(
+        batched_bank, gmm, schedule, n_tokens, steps, rng(10), progress=False
+    )
+    loop = train_bank_loop(
+        loop_bank, gmm, schedule, n_tokens, steps, rng(11), progress=False
+    )
     assert batched.loss[-1] < batched.loss[0]
     for t, alpha_bar in enumerate(schedule.alpha_bar.tolist()):
         risk, _ = bayes_risk(gmm, alpha_bar, 100_000, rng(12 + t))
         zero_model_excess = gmm.dim - risk  # E‖ε*‖²
         assert batched.excess[t] < 0.2 * zero_model_excess
         sigma = np.hypot(batched.excess_stderr[t], loop.excess_stderr[t])
-        assert abs(batched.excess[t] - loop.excess[t]) < 3 * sigma + 0.05 * loop.excess[t]
+        assert (
+            abs(batched.excess[t] - loop.excess[t]) < 3 * sigma + 0.05 * loop.excess[t]
+        )
         # the vectorised evaluator against the single-layer one
         layer = batched_bank.layer(t)
         single, single_se = excess_risk(layer, gmm, alpha_bar, n_tokens, 512, rng(t))
-        assert abs(single - batched.excess[t]) < 4 * np.hypot(single_se, batched.excess_stderr[t])
+        assert abs(single - batched.excess[t]) < 4 * np.hypot(
+            single_se, batched.excess_stderr[t]
+        )
 
 
 @pytest.mark.parametrize("mask_self", [False, True])
 @pytest.mark.parametrize("n_tokens", [5, 17])  # short-row softmax, then torch's
-def test_chunked_bank_loss_and_gradient_equal_autograd(monkeypatch, mask_self, n_tokens):
+def test_chunked_bank_loss_and_gradient_equal_autograd(
+    monkeypatch, mask_self, n_tokens
+):
     """The hand-written value-and-gradient of a bank batch, in chunks of timesteps, against
     autograd through ``AttentionBank.by_timestep`` on the whole batch (float64)."""
     gen = rng(15)
@@ -168,7 +193,9 @@ def test_chunked_bank_loss_and_gradient_equal_autograd(monkeypatch, mask_self, n
     params = list(bank.parameters())
     reference = ((bank.by_timestep(x) - eps) ** 2).sum() / (4 * n_tokens)
     expected = torch.autograd.grad(reference, params)
-    monkeypatch.setitem(training.BANK_CHUNK_SCORES, "cpu", 2 * 4 * n_tokens**2)  # 3 chunks
+    monkeypatch.setitem(
+        training.BANK_CHUNK_SCORES, "cpu", 2 * 4 * n_tokens**2
+    )  # 3 chunks
     assert training._chunk_steps(x) == 2
     loss = training._BankLoss.apply(*params, x, eps, mask_self)
     torch.testing.assert_close(loss, reference, rtol=1e-12, atol=0)
@@ -178,10 +205,14 @@ def test_chunked_bank_loss_and_gradient_equal_autograd(monkeypatch, mask_self, n
 
 def test_bank_excess_risk_of_the_zero_bank_is_the_oracle_energy(gmm):
     schedule = NoiseSchedule.from_alpha_bar([0.9, 0.3])
-    excess, stderr = bank_excess_risk(AttentionBank(2, 8), gmm, schedule, 16, 2048, rng(20))
+    excess, stderr = bank_excess_risk(
+        AttentionBank(2, 8), gmm, schedule, 16, 2048, rng(20)
+    )
     for t, alpha_bar in enumerate(schedule.alpha_bar.tolist()):
         risk, risk_se = bayes_risk(gmm, alpha_bar, 200_000, rng(21))
-        assert abs(excess[t].item() - (gmm.dim - risk)) < 4 * np.hypot(stderr[t].item(), risk_se)
+        assert abs(excess[t].item() - (gmm.dim - risk)) < 4 * np.hypot(
+            stderr[t].item(), risk_se
+        )
 
 
 @pytest.mark.parametrize(
@@ -200,7 +231,9 @@ def test_bank_excess_risk_of_the_zero_bank_is_the_oracle_energy(gmm):
         lambda g: train_bank(AttentionBank(2, 6), g, NoiseSchedule.linear(2), 16, 5),
         lambda g: train_bank(AttentionBank(3, 8), g, NoiseSchedule.linear(2), 16, 5),
         lambda g: train_bank(AttentionBank(2, 8), g, NoiseSchedule.linear(2), 16, 0),
-        lambda g: train_bank_loop(AttentionBank(3, 8), g, NoiseSchedule.linear(2), 16, 5),
+        lambda g: train_bank_loop(
+            AttentionBank(3, 8), g, NoiseSchedule.linear(2), 16, 5
+        ),
         lambda g: bank_excess_risk(AttentionBank(2, 8), g, NoiseSchedule.linear(2), 0),
         lambda g: best_in_class(g, 0.9, 0),
         lambda g: best_in_class(g, 1.2, 16),
@@ -218,7 +251,9 @@ def test_divergence_is_reported(gmm):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MTGMM_SLOW"), reason="slow: set MTGMM_SLOW=1 to run")
+@pytest.mark.skipif(
+    not os.environ.get("MTGMM_SLOW"), reason="slow: set MTGMM_SLOW=1 to run"
+)
 @pytest.mark.parametrize("seed", range(5))
 def test_acceptance_default_training_within_30_percent_of_best(gmm, seed):
     """The acceptance run: defaults, zero-initialised model, ᾱ = 0.9, L = 128, under 2 min."""
@@ -238,5 +273,10 @@ def test_benchmark_smoke_run(monkeypatch):
     with redirect_stdout(out):
         assert bench.main(["--quick", "--device", "cpu"]) == 0
     text = out.getvalue()
-    for heading in ("Bank training", "**loop / batched**", "fused vs explicit", "`bayes_risk`"):
+    for heading in (
+        "Bank training",
+        "**loop / batched**",
+        "fused vs explicit",
+        "`bayes_risk`",
+    ):
         assert heading in text

@@ -52,7 +52,13 @@ DETERMINISTIC_ENV = {
 # Variables that would change what a chapter computes; unset so the quick preset is recorded.
 UNSET_ENV = ("MTGMM_PRESET",)
 # Cell metadata that says nothing about the source and may be added by editors or executors.
-VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled", "jupyter")
+VOLATILE_CELL_METADATA = (
+    "execution",
+    "ExecuteTime",
+    "collapsed",
+    "scrolled",
+    "jupyter",
+)
 SKIP_EXECUTION_TAG = "skip-execution"
 # Per-chapter execution times of the last `sync`, shown by the status page book/status.md.
 STATUS = BOOK / "status.csv"
@@ -84,10 +90,17 @@ def resolve(names: list[str]) -> list[Path]:
         p = Path(name)
         candidates = [p, ROOT / p, BOOK / p, BOOK / f"{p.stem}.md"]
         md = next(
-            (c.with_suffix(".md") for c in candidates if c.with_suffix(".md").is_file()), None
+            (
+                c.with_suffix(".md")
+                for c in candidates
+                if c.with_suffix(".md").is_file()
+            ),
+            None,
         )
         if md is None or not is_chapter(md):
-            sys.exit(f"notebooks.py: {name}: not a chapter (book/X.md with a jupytext header)")
+            sys.exit(
+                f"notebooks.py: {name}: not a chapter (book/X.md with a jupytext header)"
+            )
         out.append(md.resolve())
     return out
 
@@ -112,8 +125,14 @@ def sync_one(md: Path, timeout: int) -> int:
 
     nb = read_chapter(md)
     nb.nbformat, nb.nbformat_minor = 4, 5
-    nb.metadata.pop("jupytext", None)  # the pairing is enforced by `check`, not by jupytext
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": KERNEL}
+    nb.metadata.pop(
+        "jupytext", None
+    )  # the pairing is enforced by `check`, not by jupytext
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": KERNEL,
+    }
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i}"
         cell["metadata"] = clean_metadata(cell.get("metadata", {}))
@@ -138,7 +157,9 @@ def sync_one(md: Path, timeout: int) -> int:
     out = md.with_suffix(".ipynb")
     text = nbformat.writes(nb, version=4)
     out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    return sum(1 for c in nb.cells if c["cell_type"] == "code" and c.get("execution_count"))
+    return sum(
+        1 for c in nb.cells if c["cell_type"] == "code" and c.get("execution_count")
+    )
 
 
 def toc_docnames() -> dict[str, int]:
@@ -185,7 +206,11 @@ def status_rows(recorded: dict[str, list[str]]) -> list[list[str]]:
     mds = sorted(chapters(), key=lambda md: (toc.get(docname(md), len(toc)), md.name))
     rows = []
     for md in mds:
-        values = recorded.get(md.stem) or old.get(md.stem, [""])[1:] or [NOT_RECORDED, "", ""]
+        values = (
+            recorded.get(md.stem)
+            or old.get(md.stem, [""])[1:]
+            or [NOT_RECORDED, "", ""]
+        )
         rows.append([status_cell(md, toc)] + list(values))
     return rows
 
@@ -206,7 +231,10 @@ def cmd_sync(args) -> int:
         os.environ.pop(key, None)
     for md in resolve(args.chapters):
         t0 = time.perf_counter()
-        print(f"sync {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name} ...", flush=True)
+        print(
+            f"sync {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name} ...",
+            flush=True,
+        )
         cells = sync_one(md, args.timeout)
         seconds = time.perf_counter() - t0
         print(f"  done in {seconds:.1f} s", flush=True)
@@ -232,7 +260,11 @@ def cell_key(cell) -> tuple:
     source = cell["source"]
     if isinstance(source, list):
         source = "".join(source)
-    return cell["cell_type"], source.strip("\n"), clean_metadata(cell.get("metadata", {}))
+    return (
+        cell["cell_type"],
+        source.strip("\n"),
+        clean_metadata(cell.get("metadata", {})),
+    )
 
 
 def check_one(md: Path, url: str) -> list[str]:
@@ -269,11 +301,15 @@ def check_one(md: Path, url: str) -> list[str]:
         if figure and len(rich) != 1:
             # myst-nb wraps every rich output in the figure: two outputs, two targets; none, and
             # the caption is left without a figure
-            problems.append(f"{ipynb.name}: figure cell {i} has {len(rich)} outputs (expected 1)")
+            problems.append(
+                f"{ipynb.name}: figure cell {i} has {len(rich)} outputs (expected 1)"
+            )
         if cell["source"].rstrip().endswith(";"):
             # nbval runs cells with store_history=False, where a trailing ';' does not
             # silence the last value: its repr would appear in nbval's output only
-            problems.append(f"{ipynb.name}: cell {i} ends with ';' (assign to _ instead)")
+            problems.append(
+                f"{ipynb.name}: cell {i} ends with ';' (assign to _ instead)"
+            )
         if SKIP_EXECUTION_TAG in tags and "nbval-skip" not in tags:
             # nbclient and myst-nb skip such a cell, nbval would run it
             problems.append(
@@ -281,14 +317,18 @@ def check_one(md: Path, url: str) -> list[str]:
             )
         elif SKIP_EXECUTION_TAG not in tags and cell.get("execution_count") is None:
             if cell["source"].strip():  # nbval compares no output of an unexecuted cell
-                problems.append(f"{ipynb.name}: cell {i} was not executed (run `make notebooks`)")
+                problems.append(
+                    f"{ipynb.name}: cell {i} was not executed (run `make notebooks`)"
+                )
     code = [c for c in src.cells if c["cell_type"] == "code"]
     if not code:
         problems.append(f"{rel}: no code cell (expected the Colab install cell first)")
     else:
         first = code[0]
         if "remove-cell" not in first.get("metadata", {}).get("tags", []):
-            problems.append(f"{rel}: first code cell is not tagged remove-cell (Colab cell)")
+            problems.append(
+                f"{rel}: first code cell is not tagged remove-cell (Colab cell)"
+            )
         if "google.colab" not in first["source"] or f"git+{url}" not in first["source"]:
             problems.append(
                 f"{rel}: first code cell must be the Colab install cell of book/_colab_cell.txt "
@@ -332,13 +372,23 @@ def cmd_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_sync = sub.add_parser("sync", help="write executed book/X.ipynb for chapters (default all)")
-    p_sync.add_argument("chapters", nargs="*", help="chapter names or paths, e.g. notation")
-    p_sync.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    p_sync = sub.add_parser(
+        "sync", help="write executed book/X.ipynb for chapters (default all)"
+    )
+    p_sync.add_argument(
+        "chapters", nargs="*", help="chapter names or paths, e.g. notation"
+    )
+    p_sync.add_argument(
+        "--timeout", type=int, default=600, help="per-cell timeout in seconds"
+    )
     p_sync.set_defaults(func=cmd_sync)
-    p_check = sub.add_parser("check", help="fail if a chapter and its notebook disagree")
+    p_check = sub.add_parser(
+        "check", help="fail if a chapter and its notebook disagree"
+    )
     p_check.set_defaults(func=cmd_check)
-    p_status = sub.add_parser("status", help="rewrite book/status.csv for the current _toc.yml")
+    p_status = sub.add_parser(
+        "status", help="rewrite book/status.csv for the current _toc.yml"
+    )
     p_status.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -32,7 +32,9 @@ def pages_url(repo_url: str | None = None) -> str:
         url = url[: -len(".git")]
     m = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+)", url)
     if not m:
-        raise ValueError(f"repository.url is not https://github.com/OWNER/REPO: {url!r}")
+        raise ValueError(
+            f"repository.url is not https://github.com/OWNER/REPO: {url!r}"
+        )
     owner, repo = m.group(1).lower(), m.group(2)
     if repo.lower() == f"{owner}.github.io":
         return f"https://{owner}.github.io/"

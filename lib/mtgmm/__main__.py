@@ -34,7 +34,9 @@ def _chapters(book: Path, selected: list[str]) -> list[Path]:
             if "file: book/" in line or "root: book/" in line
         ]
     chapters = [book / f"{name}.md" for name in order] or sorted(book.glob("*.md"))
-    chapters = [c for c in chapters if c.is_file() and "jupytext:" in c.read_text()[:400]]
+    chapters = [
+        c for c in chapters if c.is_file() and "jupytext:" in c.read_text()[:400]
+    ]
     if selected:
         chapters = [c for c in chapters if c.stem in selected]
     return chapters
@@ -69,7 +71,14 @@ def _run(chapter: Path, out: Path, preset: str) -> float:
     return elapsed
 
 
-TIMES_HEADER = ["Chapter", "Preset", "Device", "Execution time (s)", "Machine", "Date (UTC)"]
+TIMES_HEADER = [
+    "Chapter",
+    "Preset",
+    "Device",
+    "Execution time (s)",
+    "Machine",
+    "Date (UTC)",
+]
 
 
 def _machine(device: str) -> str:
@@ -101,11 +110,21 @@ def _write_times(path: Path, rows: list[list[str]], merge: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtgmm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--book", type=Path, default=Path("book"), help="folder of the chapters")
-    parser.add_argument("--out", type=Path, default=Path("_build/full"), help="output folder")
-    parser.add_argument("--quick", action="store_true", help="run the quick preset instead")
-    parser.add_argument("--chapters", nargs="*", default=[], help="chapter names (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m mtgmm", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--book", type=Path, default=Path("book"), help="folder of the chapters"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("_build/full"), help="output folder"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="run the quick preset instead"
+    )
+    parser.add_argument(
+        "--chapters", nargs="*", default=[], help="chapter names (default: all)"
+    )
     parser.add_argument(
         "--record", action="store_true", help="merge the times into book/full_scale.csv"
     )
@@ -124,7 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     for chapter in chapters:
         seconds = _run(chapter, args.out, preset)
         print(f"{chapter.stem:>12}: {seconds:8.1f} s", flush=True)
-        rows.append([f"{{doc}}`{chapter.stem}`", preset, device, f"{seconds:.0f}", machine, today])
+        rows.append(
+            [
+                f"{{doc}}`{chapter.stem}`",
+                preset,
+                device,
+                f"{seconds:.0f}",
+                machine,
+                today,
+            ]
+        )
     _write_times(args.out / "times.csv", rows, merge=False)
     if args.record:
         _write_times(args.book / "full_scale.csv", rows, merge=True)

@@ -71,7 +71,9 @@ def masked_scores(query: Tensor, keys: Tensor, mask_self: bool) -> Tensor:
     """The scores Q Kᵀ (…, L, L), with −∞ on the diagonal if ``mask_self``."""
     scores = query @ keys.transpose(-1, -2)
     if mask_self:
-        scores = scores.masked_fill(~_self_mask(keys.shape[-2], keys.device), float("-inf"))
+        scores = scores.masked_fill(
+            ~_self_mask(keys.shape[-2], keys.device), float("-inf")
+        )
     return scores
 
 
@@ -89,7 +91,9 @@ def _attention(query: Tensor, x: Tensor, values: Tensor, mask_self: bool) -> Ten
     """softmax(Q Xᵀ) V with the kernel :func:`attend` would choose for ``x``."""
     if _uses_fused(x):
         mask = _self_mask(x.shape[-2], x.device) if mask_self else None
-        return F.scaled_dot_product_attention(query, x, values, attn_mask=mask, scale=1.0)
+        return F.scaled_dot_product_attention(
+            query, x, values, attn_mask=mask, scale=1.0
+        )
     return _weights(query, x, mask_self) @ values
 
 
@@ -102,14 +106,20 @@ def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Ten
     return fn(x, w_kq, w_v, mask_self)
 
 
-def attend_fused(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+def attend_fused(
+    x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False
+) -> Tensor:
     """softmax(X W_KQ Xᵀ) X W_V with the fused kernel (``scaled_dot_product_attention``,
     query ``X W_KQ``, key ``X``, value ``X W_V``, scale 1)."""
     mask = _self_mask(x.shape[-2], x.device) if mask_self else None
-    return F.scaled_dot_product_attention(x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0)
+    return F.scaled_dot_product_attention(
+        x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0
+    )
 
 
-def attend_explicit(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+def attend_explicit(
+    x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False
+) -> Tensor:
     """The same as :func:`attend_fused`, written out: the score matrix X W_KQ Xᵀ, its row
     softmax, then the weighted average of the tokens mapped by W_V."""
     return attention_weights(x, w_kq, mask_self) @ x @ w_v
@@ -162,7 +172,9 @@ class AttentionDenoiser(nn.Module):
         self.W_S = nn.Parameter(torch.zeros(dim, dim))
 
     @classmethod
-    def from_weights(cls, w_kq: Tensor, w_v: Tensor, w_s: Tensor, mask_self: bool = False):
+    def from_weights(
+        cls, w_kq: Tensor, w_v: Tensor, w_s: Tensor, mask_self: bool = False
+    ):
         """A denoiser holding copies of the given d × d matrices."""
         model = cls(w_kq.shape[-1], mask_self)
         model.set_weights(w_kq, w_v, w_s)
@@ -173,7 +185,9 @@ class AttentionDenoiser(nn.Module):
         for name, value in zip(WEIGHT_NAMES, (w_kq, w_v, w_s), strict=True):
             param = getattr(self, name)
             if tuple(value.shape) != (self.dim, self.dim):
-                raise ValueError(f"{name} must have shape (d, d) = {(self.dim, self.dim)}")
+                raise ValueError(
+                    f"{name} must have shape (d, d) = {(self.dim, self.dim)}"
+                )
             with torch.no_grad():
                 param.copy_(value)
 
@@ -217,10 +231,14 @@ class AttentionBank(nn.Module):
         if t.ndim == 0:
             t = t.expand(n)
         if t.shape != (n,):
-            raise ValueError(f"t must be an int or have shape (n,) = ({n},), got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be an int or have shape (n,) = ({n},), got {tuple(t.shape)}"
+            )
         low, high = int(t.min()), int(t.max())
         if low < 0 or high >= self.n_steps:
-            raise ValueError(f"t must lie in 0 … {self.n_steps - 1} (T = {self.n_steps})")
+            raise ValueError(
+                f"t must lie in 0 … {self.n_steps - 1} (T = {self.n_steps})"
+            )
         return t.long(), low, high
 
     def forward(self, x_t: Tensor, t: int | Tensor) -> Tensor:
@@ -241,7 +259,9 @@ class AttentionBank(nn.Module):
         ``t = arange(first, first + m).repeat_interleave(n)``, without one matrix per
         sequence."""
         if x_t.ndim != 4:
-            raise ValueError(f"x_t must have shape (m, n, L, d), got {tuple(x_t.shape)}")
+            raise ValueError(
+                f"x_t must have shape (m, n, L, d), got {tuple(x_t.shape)}"
+            )
         _check_tokens(x_t, self.dim, self.mask_self)
         if isinstance(first, bool) or int(first) != first or first < 0:
             raise ValueError(f"first must be an integer >= 0, got {first!r}")
@@ -258,7 +278,10 @@ class AttentionBank(nn.Module):
         """A standalone copy of timestep ``t``'s layer."""
         (t,) = self._timesteps(t, 1, "cpu")[0].tolist()
         return AttentionDenoiser.from_weights(
-            self.W_KQ[t].detach(), self.W_V[t].detach(), self.W_S[t].detach(), self.mask_self
+            self.W_KQ[t].detach(),
+            self.W_V[t].detach(),
+            self.W_S[t].detach(),
+            self.mask_self,
         )
 
     def load_layer(self, t: int, layer: AttentionDenoiser) -> None:
@@ -308,7 +331,9 @@ class SymmetricBasis:
         return iter((self.P, self.P_perp, self.J))
 
 
-def mean_denoising_weights(gmm: MultiTokenGMM, alpha_bar: float) -> tuple[Tensor, Tensor, Tensor]:
+def mean_denoising_weights(
+    gmm: MultiTokenGMM, alpha_bar: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """The infinite-token construction: ``W_KQ = P/s²``, ``W_V = −(b/s²) P``,
     ``W_S = (b/s²)(I + P)``. As L → ∞ (orthogonal equal-norm means) the attention output
     tends to ``P x + a m(x)`` and the layer to the oracle ε*."""
@@ -317,7 +342,9 @@ def mean_denoising_weights(gmm: MultiTokenGMM, alpha_bar: float) -> tuple[Tensor
         raise ValueError("alpha_bar must be a single value")
     s2 = gmm.noise_variance(ab).item()
     if s2 == 0:
-        raise ValueError("the construction needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+        raise ValueError(
+            "the construction needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)"
+        )
     b = (1 - ab).sqrt().item()
     p = gmm.span_projector().to(torch.float64)
     eye = torch.eye(gmm.dim, dtype=torch.float64)

@@ -96,7 +96,9 @@ def _attend_chunked(x: Tensor, w_kq: Tensor, eye: Tensor, mask_self: bool) -> Te
     if x.shape[0] <= per_chunk:
         return attend(x, w_kq, eye, mask_self)
     parts = [
-        checkpoint(attend, x[i : i + per_chunk], w_kq, eye, mask_self, use_reentrant=False)
+        checkpoint(
+            attend, x[i : i + per_chunk], w_kq, eye, mask_self, use_reentrant=False
+        )
         for i in range(0, x.shape[0], per_chunk)
     ]
     return torch.cat(parts)
@@ -120,7 +122,9 @@ def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
         attended = _attend_chunked(x, w_kq.to(x), eye, mask_self)  # A X
         value = (attended.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()
         cross = skip @ value.T
-        gram = torch.cat([torch.cat([g_skip, cross], 1), torch.cat([cross.T, value @ value.T], 1)])
+        gram = torch.cat(
+            [torch.cat([g_skip, cross], 1), torch.cat([cross.T, value @ value.T], 1)]
+        )
         h = torch.cat([h_skip, value @ flat_target])
         theta = torch.linalg.solve(gram, h)
         return (total - h @ theta) / n_tokens, theta
@@ -140,7 +144,9 @@ def _fit(evaluate, starts: Tensor) -> tuple[np.ndarray, float]:
         value.backward()
         return value.item(), kappa.grad.numpy().copy()
 
-    result = optimize.minimize(fun, best, jac=True, method="L-BFGS-B", options={"ftol": 1e-6})
+    result = optimize.minimize(
+        fun, best, jac=True, method="L-BFGS-B", options={"ftol": 1e-6}
+    )
     return result.x, float(result.fun)
 
 
@@ -205,12 +211,18 @@ def best_in_class(
     n_sequences = positive_int(n_sequences, "n_sequences")
     ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
     if ab.numel() != 1:
-        raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+        raise ValueError(
+            f"alpha_bar must be a single value, got shape {tuple(ab.shape)}"
+        )
     s2 = gmm.noise_variance(ab).item()
     if s2 == 0:
-        raise ValueError("best_in_class needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
+        raise ValueError(
+            "best_in_class needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)"
+        )
     if mask_self and n_tokens < 2:
-        raise ValueError("mask_self needs at least 2 tokens per sequence (n_tokens >= 2)")
+        raise ValueError(
+            "mask_self needs at least 2 tokens per sequence (n_tokens >= 2)"
+        )
     ab = ab.item()
     seeds = torch.randint(2**62, (3,), generator=generator).tolist()
     streams = [torch.Generator().manual_seed(s) for s in seeds]
@@ -220,7 +232,9 @@ def best_in_class(
     basis, columns = invariant_matrices(gmm64, include_j)
     evaluate = readout_profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
 
-    direction = torch.tensor([1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64)
+    direction = torch.tensor(
+        [1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64
+    )
     starts = torch.stack([(c / s2) * direction[columns] for c in START_TEMPERATURES])
     kappa, fit = _fit(evaluate, starts)
 
@@ -243,7 +257,9 @@ def best_in_class(
         streams[1],
     )
     risk, risk_se = bayes_risk(gmm64, ab, bayes_samples, streams[2])
-    return BestInClass(model, coefficients, excess, stderr, fit, risk, risk_se, n_sequences)
+    return BestInClass(
+        model, coefficients, excess, stderr, fit, risk, risk_se, n_sequences
+    )
 
 
 def readout_fit(
@@ -262,7 +278,9 @@ def readout_fit(
     and its standard error (chapter *Self-attention as a mean denoiser*: the bias–variance
     trade-off in the temperature)."""
     n_tokens = positive_int(n_tokens, "n_tokens")
-    n_sequences = positive_int(n_sequences or max(64, TOKEN_BUDGET // n_tokens), "n_sequences")
+    n_sequences = positive_int(
+        n_sequences or max(64, TOKEN_BUDGET // n_tokens), "n_sequences"
+    )
     ab = float(alpha_bar_tensor(alpha_bar).reshape(()))
     fit_stream, eval_stream = (
         torch.Generator().manual_seed(s)
@@ -285,5 +303,7 @@ def readout_fit(
     model = AttentionDenoiser(gmm.dim, mask_self)
     model.set_weights(*SymmetricBasis(gmm64).compose(coefficients))
     gmm32 = gmm.to(device="cpu", dtype=torch.float32)
-    excess, stderr = excess_risk(model, gmm32, ab, n_tokens, n_eval_sequences, eval_stream)
+    excess, stderr = excess_risk(
+        model, gmm32, ab, n_tokens, n_eval_sequences, eval_stream
+    )
     return model, excess, stderr

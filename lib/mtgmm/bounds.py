@@ -103,11 +103,15 @@ MIN_KEYS = 4.0
 """Default ``min_keys``: effective keys a temperature needs before its expansion is used."""
 
 
-def _level(gmm: MultiTokenGMM, alpha_bar: float, what: str) -> tuple[float, MultiTokenGMM, float]:
+def _level(
+    gmm: MultiTokenGMM, alpha_bar: float, what: str
+) -> tuple[float, MultiTokenGMM, float]:
     """Validate one noise level; return ``(ᾱ, the mixture in float64 on the CPU, s²)``."""
     ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
     if ab.numel() != 1:
-        raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+        raise ValueError(
+            f"alpha_bar must be a single value, got shape {tuple(ab.shape)}"
+        )
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     s2 = gmm64.noise_variance(ab.item()).item()
     if s2 == 0:
@@ -186,7 +190,9 @@ class _Problem:
         self.basis = orthonormal_symmetric_basis(self.sym)  # (m, d, d)
         seeds = torch.randint(2**62, (2,), generator=generator).tolist()
         samples = [
-            _marginal_tokens(self.gmm, self.alpha_bar, n_samples, torch.Generator().manual_seed(s))
+            _marginal_tokens(
+                self.gmm, self.alpha_bar, n_samples, torch.Generator().manual_seed(s)
+            )
             for s in seeds
         ]
         self.eval_tokens = samples[1]
@@ -213,7 +219,9 @@ class _Problem:
         fluct = fluct + (s2 * rho.sum(-1, keepdim=True))[..., None] * torch.eye(
             self.basis.shape[0], dtype=x.dtype
         )
-        beta = attention_bias(self.gmm, self.alpha_bar, q, None if self.mask_self else x)
+        beta = attention_bias(
+            self.gmm, self.alpha_bar, q, None if self.mask_self else x
+        )
         beta = torch.einsum("nd,mde->nme", beta, self.basis)
         eps = oracle_eps(self.gmm, x, self.alpha_bar)
         return feats, eps, fluct, beta, 1 / rho.sum(-1)  # Σ_k ρ_k = 1 / ess_fraction
@@ -236,7 +244,9 @@ class _Problem:
         total = (oracle_eps(self.gmm, x, self.alpha_bar) ** 2).sum(-1).mean()
         return _Moments(stacked[0], stacked[1], total, *stacked[2:])
 
-    def _quadratic(self, mom: _Moments, n_keys: Tensor, bias: bool) -> tuple[Tensor, Tensor]:
+    def _quadratic(
+        self, mom: _Moments, n_keys: Tensor, bias: bool
+    ) -> tuple[Tensor, Tensor]:
         """M_n (C, M, 2m, 2m) and b_n (C, M, 2m) for n = ``n_keys`` (M,); without the bias
         terms (``bias=False``) M_n = G + Ŝ/n and b_n = h."""
         m = self.basis.shape[0]
@@ -258,7 +268,10 @@ class _Problem:
         theta = torch.linalg.solve(mat, vec)
         mom = self.eval
         mat, vec = self._quadratic(mom, n_tokens - 1, bias=True)
-        limit = _quad(mom.gram[:, None].expand_as(mat), mom.target[:, None], theta) + mom.total
+        limit = (
+            _quad(mom.gram[:, None].expand_as(mat), mom.target[:, None], theta)
+            + mom.total
+        )
         excess = _quad(mat, vec, theta) + mom.total
         trusted = (n_tokens - 1)[None, :] * self.fit.ess[:, None] >= self.min_keys
         return theta, limit, torch.where(trusted, excess, torch.inf)
@@ -266,13 +279,16 @@ class _Problem:
     def stderr(self, temperature: float, theta: Tensor, n_tokens: int) -> float:
         """Standard error of the first-order excess of θ (2m,) over the evaluation tokens."""
         if temperature not in self._eval_features:
-            self._eval_features[temperature] = self._features(self.eval_tokens, temperature)
+            self._eval_features[temperature] = self._features(
+                self.eval_tokens, temperature
+            )
         feats, eps, fluct, beta, _ = self._eval_features[temperature]
         m = self.basis.shape[0]
         gap = feats.transpose(1, 2) @ theta - eps  # (N, d)
         beta_w = torch.einsum("nmd,m->nd", beta, theta[m:])
         per_token = (gap**2).sum(-1) + (
-            torch.einsum("a,nab,b->n", theta[m:], fluct, theta[m:]) + 2 * (gap * beta_w).sum(-1)
+            torch.einsum("a,nab,b->n", theta[m:], fluct, theta[m:])
+            + 2 * (gap * beta_w).sum(-1)
         ) / (n_tokens - 1)
         return per_token.std().item() / math.sqrt(per_token.shape[0])
 
@@ -286,15 +302,20 @@ class _Problem:
 
 def _quad(mat: Tensor, vec: Tensor, theta: Tensor) -> Tensor:
     """``θᵀ M θ − 2 bᵀ θ`` over leading dims."""
-    return torch.einsum("...a,...ab,...b->...", theta, mat, theta) - 2 * (vec * theta).sum(-1)
+    return torch.einsum("...a,...ab,...b->...", theta, mat, theta) - 2 * (
+        vec * theta
+    ).sum(-1)
 
 
 def _temperature_grid(temperatures: Sequence[float] | None) -> Tensor:
     grid = torch.as_tensor(
-        DEFAULT_TEMPERATURES if temperatures is None else temperatures, dtype=torch.float64
+        DEFAULT_TEMPERATURES if temperatures is None else temperatures,
+        dtype=torch.float64,
     ).reshape(-1)
     if grid.numel() == 0 or not bool(torch.isfinite(grid).all()):
-        raise ValueError("temperatures must be a non-empty sequence of finite values c s²")
+        raise ValueError(
+            "temperatures must be a non-empty sequence of finite values c s²"
+        )
     if bool((2 * grid**2 >= 1).any()):
         raise ValueError(
             "temperatures must satisfy κ = 2 (c s²)² < 1, i.e. |c s²| < 1/√2 ≈ 0.707, where the "
@@ -305,11 +326,19 @@ def _temperature_grid(temperatures: Sequence[float] | None) -> Tensor:
 
 def _token_counts(token_counts) -> Tensor:
     counts = torch.as_tensor(token_counts).reshape(-1)
-    if counts.numel() == 0 or counts.is_floating_point() and bool((counts != counts.round()).any()):
-        raise ValueError(f"token_counts must be a non-empty sequence of integers, got {counts}")
+    if (
+        counts.numel() == 0
+        or counts.is_floating_point()
+        and bool((counts != counts.round()).any())
+    ):
+        raise ValueError(
+            f"token_counts must be a non-empty sequence of integers, got {counts}"
+        )
     counts = counts.to(torch.float64)
     if bool((counts < 2).any()):
-        raise ValueError("token_counts must be >= 2 (the expansion is in the L − 1 other keys)")
+        raise ValueError(
+            "token_counts must be >= 2 (the expansion is in the L − 1 other keys)"
+        )
     return counts
 
 
@@ -336,7 +365,9 @@ def token_bound(
     convergence theorem*.
     """
     counts = _token_counts(token_counts)
-    problem = _Problem(gmm, alpha_bar, temperatures, n_samples, generator, mask_self, min_keys)
+    problem = _Problem(
+        gmm, alpha_bar, temperatures, n_samples, generator, mask_self, min_keys
+    )
     theta, limit, excess = problem.evaluate(counts)
     best = excess.argmin(0)  # (M,)
     cols = torch.arange(counts.numel())
@@ -346,12 +377,17 @@ def token_bound(
     stderr = torch.tensor(
         [
             problem.stderr(t, th, int(n)) if ok else math.inf
-            for t, th, n, ok in zip(temps.tolist(), chosen, counts.tolist(), finite, strict=True)
+            for t, th, n, ok in zip(
+                temps.tolist(), chosen, counts.tolist(), finite, strict=True
+            )
         ],
         dtype=torch.float64,
     )
     coefficients = torch.stack(
-        [problem.coefficients(t, th) for t, th in zip(temps.tolist(), chosen, strict=True)]
+        [
+            problem.coefficients(t, th)
+            for t, th in zip(temps.tolist(), chosen, strict=True)
+        ]
     )
     bound = excess[best, cols]
     lim = limit[best, cols]
@@ -387,12 +423,16 @@ def tokens_needed(
     Asymptotic in L, like the bound."""
     if not (isinstance(target, int | float) and math.isfinite(target) and target > 0):
         raise ValueError(f"target must be a finite number > 0, got {target!r}")
-    problem = _Problem(gmm, alpha_bar, temperatures, n_samples, generator, mask_self, min_keys)
+    problem = _Problem(
+        gmm, alpha_bar, temperatures, n_samples, generator, mask_self, min_keys
+    )
 
     def bound(n: Tensor) -> Tensor:
         return problem.evaluate(n.to(torch.float64))[2].min(0).values
 
-    scan = torch.unique(torch.logspace(math.log10(2), math.log10(MAX_TOKENS), 97).round())
+    scan = torch.unique(
+        torch.logspace(math.log10(2), math.log10(MAX_TOKENS), 97).round()
+    )
     below = (bound(scan) <= target).nonzero()
     if below.numel() == 0:
         return math.inf
@@ -442,10 +482,14 @@ class Profile:
         mask_self: bool = False,
     ) -> None:
         self.n_tokens = positive_int(n_tokens, "n_tokens")
-        n_sequences = positive_int(n_sequences or max(64, 2**15 // n_tokens), "n_sequences")
+        n_sequences = positive_int(
+            n_sequences or max(64, 2**15 // n_tokens), "n_sequences"
+        )
         self.alpha_bar, self.gmm, self.s2 = _level(gmm, alpha_bar, "the profile")
         self.mask_self = bool(mask_self)
-        self.x, _ = noisy_batch(self.gmm, self.alpha_bar, n_sequences, n_tokens, generator)
+        self.x, _ = noisy_batch(
+            self.gmm, self.alpha_bar, n_sequences, n_tokens, generator
+        )
         self.target = oracle_eps(self.gmm, self.x, self.alpha_bar)
         basis, self._columns = invariant_matrices(self.gmm, include_j=True)
         self._evaluate = readout_profile(self.x, self.target, basis, self.mask_self)
@@ -484,13 +528,17 @@ class Profile:
         ℓ(τ), its standard deviation / √n the standard error of ℓ(τ) at a fixed τ."""
         weights = SymmetricBasis(self.gmm).compose(self.coefficients(tau))
         with torch.no_grad():
-            out = self.x @ weights[2] + attend(self.x, weights[0], weights[1], self.mask_self)
+            out = self.x @ weights[2] + attend(
+                self.x, weights[0], weights[1], self.mask_self
+            )
         return ((out - self.target) ** 2).sum(-1).mean(-1)
 
     def scan(self, temperatures: Sequence[float]) -> tuple[Tensor, Tensor]:
         """ℓ and ℓ' at each of ``temperatures`` (two tensors of their length)."""
         pairs = [self.derivative(t) for t in temperatures]
-        return tuple(torch.tensor(v, dtype=torch.float64) for v in zip(*pairs, strict=True))
+        return tuple(
+            torch.tensor(v, dtype=torch.float64) for v in zip(*pairs, strict=True)
+        )
 
     def minimum(self, temperatures: Sequence[float]) -> tuple[float, float]:
         """(τ*, ℓ(τ*)): the best point of the (sorted) grid ``temperatures``, refined by a
@@ -521,7 +569,9 @@ class Profile:
         if n_grid < 3 or tau0 == tau_star:
             raise ValueError("need n_grid >= 3 and tau0 != tau_star")
         grid = torch.linspace(tau0, tau_star, n_grid, dtype=torch.float64).tolist()
-        slopes = torch.tensor([self.derivative(t)[1] for t in grid], dtype=torch.float64)
+        slopes = torch.tensor(
+            [self.derivative(t)[1] for t in grid], dtype=torch.float64
+        )
         taus = torch.tensor(grid, dtype=torch.float64)
         curvature = (slopes[1:] - slopes[:-1]) / (taus[1:] - taus[:-1])
         secants = torch.cat([slopes[:-1] / (taus[:-1] - tau_star), curvature[-1:]])

@@ -32,7 +32,9 @@ def _as_sequences(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
     """``samples`` as a float64 ``(n, L, d)`` tensor (lone tokens become sequences of one)."""
     if not isinstance(samples, Tensor) or samples.ndim not in (2, 3):
         shape = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples)
-        raise ValueError(f"samples must be a tensor of shape (n, L, d) or (N, d), got {shape}")
+        raise ValueError(
+            f"samples must be a tensor of shape (n, L, d) or (N, d), got {shape}"
+        )
     if samples.shape[-1] != gmm.dim:
         raise ValueError(
             f"samples must have last dimension d = {gmm.dim} (the mixture's), "
@@ -41,7 +43,9 @@ def _as_sequences(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
     x = samples.detach().to(torch.float64)
     x = x[:, None] if x.ndim == 2 else x
     if x.shape[0] < 2 or x.shape[1] < 1:
-        raise ValueError(f"samples must hold at least 2 sequences of >= 1 token, got {x.shape}")
+        raise ValueError(
+            f"samples must hold at least 2 sequences of >= 1 token, got {x.shape}"
+        )
     if not bool(torch.isfinite(x).all()):
         raise ValueError("samples must be finite (no NaN or inf)")
     return x
@@ -84,7 +88,9 @@ def _sequence_sums(x: Tensor, gmm: MultiTokenGMM) -> _Sums:
     )
 
 
-def _jackknife(statistic: Callable[[_Sums], Tensor], sums: _Sums) -> tuple[Tensor, Tensor]:
+def _jackknife(
+    statistic: Callable[[_Sums], Tensor], sums: _Sums
+) -> tuple[Tensor, Tensor]:
     """``statistic`` of the totals over sequences and its delete-one-sequence jackknife
     standard error ``√((n−1)/n Σ_i (θ_(−i) − θ̄)²)``. ``statistic`` must act on leading axes."""
     n = sums.counts.shape[0]
@@ -118,7 +124,9 @@ class Occupancy:
 def _occupancy_test(fractions: Tensor, weights: Tensor) -> tuple[float, int, float]:
     """Score test of E f_i = π from per-sequence fraction vectors ``fractions`` (n, K)."""
     n = fractions.shape[0]
-    centred = (fractions - weights)[:, :-1]  # fractions and π sum to 1: drop one coordinate
+    centred = (fractions - weights)[
+        :, :-1
+    ]  # fractions and π sum to 1: drop one coordinate
     delta = centred.mean(0)
     cov0 = centred.T @ centred / n
     chi2 = (n * delta @ torch.linalg.pinv(cov0, hermitian=True) @ delta).item()
@@ -139,7 +147,9 @@ def cluster_occupancy(samples: Tensor, gmm: MultiTokenGMM) -> Occupancy:
     x = _as_sequences(samples, gmm)
     sums = _sequence_sums(x, gmm)
     weights = gmm.weights.to(x) / gmm.weights.to(x).sum()
-    fractions, stderr = _jackknife(lambda s: s.counts / s.counts.sum(-1, keepdim=True), sums)
+    fractions, stderr = _jackknife(
+        lambda s: s.counts / s.counts.sum(-1, keepdim=True), sums
+    )
     chi2, df, p_value = _occupancy_test(sums.counts / x.shape[1], weights)
     return Occupancy(
         fractions=fractions,
@@ -227,7 +237,9 @@ def random_directions(
     dim = positive_int(dim, "dim")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    g = torch.randn(n_projections, dim, generator=generator, device=device, dtype=torch.float64)
+    g = torch.randn(
+        n_projections, dim, generator=generator, device=device, dtype=torch.float64
+    )
     return g / g.norm(dim=1, keepdim=True)
 
 
@@ -278,7 +290,9 @@ def sliced_wasserstein(
             f"x and y must have the same token dimension, got {px.shape[1]} and {py.shape[1]}"
         )
     if px.device != py.device:
-        raise ValueError(f"x and y must be on the same device, got {px.device} and {py.device}")
+        raise ValueError(
+            f"x and y must be on the same device, got {px.device} and {py.device}"
+        )
     if directions is None:
         directions = random_directions(n_projections, px.shape[1], generator, px.device)
     elif directions.ndim != 2 or directions.shape[1] != px.shape[1]:

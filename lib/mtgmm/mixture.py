@@ -32,10 +32,14 @@ class MultiTokenGMM:
         sigma0: within-cluster standard deviation σ0 ≥ 0.
     """
 
-    def __init__(self, means: Tensor, weights: Tensor | None = None, sigma0: float = 0.0):
+    def __init__(
+        self, means: Tensor, weights: Tensor | None = None, sigma0: float = 0.0
+    ):
         means = torch.as_tensor(means)
         if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
-            raise ValueError(f"means must be a 2-D (K, d) tensor, got shape {tuple(means.shape)}")
+            raise ValueError(
+                f"means must be a 2-D (K, d) tensor, got shape {tuple(means.shape)}"
+            )
         if not means.is_floating_point():
             means = means.to(torch.get_default_dtype())
         if not bool(torch.isfinite(means).all()):
@@ -51,7 +55,9 @@ class MultiTokenGMM:
         if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
             raise ValueError("weights must be finite and non-negative")
         if abs(weights.sum().item() - 1.0) > 1e-6:
-            raise ValueError(f"weights must sum to 1, got sum {weights.sum().item():.8g}")
+            raise ValueError(
+                f"weights must sum to 1, got sum {weights.sum().item():.8g}"
+            )
         self.means = means
         self.weights = weights
         self.sigma0 = nonnegative_float(sigma0, "sigma0")
@@ -80,7 +86,9 @@ class MultiTokenGMM:
             )
         radius = nonnegative_float(radius, "radius")
         gen = torch.Generator().manual_seed(seed)
-        q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+        q, r = torch.linalg.qr(
+            torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+        )
         q = q * torch.sign(torch.diagonal(r))
         means = radius * q[:, :n_clusters].T
         return cls(means.to(dtype or torch.get_default_dtype()), sigma0=sigma0)
@@ -165,11 +173,15 @@ class MultiTokenGMM:
         ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x), x)
         s2 = ab * self.sigma0**2 + (1 - ab)
         if bool((s2 == 0).any()):
-            raise ValueError("the density is undefined where s² = a²σ0² + b² = 0 (σ0 = 0, ᾱ = 1)")
+            raise ValueError(
+                "the density is undefined where s² = a²σ0² + b² = 0 (σ0 = 0, ᾱ = 1)"
+            )
         means = self.means.to(x)
         sq = ((x[..., None, :] - ab.sqrt()[..., None] * means) ** 2).sum(-1)
         logits = self.log_weights.to(x) - sq / (2 * s2)
-        return torch.logsumexp(logits, -1) - 0.5 * self.dim * torch.log(2 * math.pi * s2[..., 0])
+        return torch.logsumexp(logits, -1) - 0.5 * self.dim * torch.log(
+            2 * math.pi * s2[..., 0]
+        )
 
     def __repr__(self) -> str:
         return (

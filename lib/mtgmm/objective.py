@@ -63,7 +63,9 @@ def excess_risk(
     sequences and :data:`MAX_SCORES` attention scores.
     """
     n_sequences = positive_int(n_sequences, "n_sequences")
-    batch_size = min(positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2))
+    batch_size = min(
+        positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2)
+    )
     per_sequence = []
     done = 0
     while done < n_sequences:

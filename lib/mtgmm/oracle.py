@@ -40,7 +40,9 @@ def _posterior_logits(gmm, x_t, a, s2, means) -> Tensor:
     return gmm.log_weights.to(x_t) + scores / s2
 
 
-def posterior_weights(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
+def posterior_weights(
+    gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor
+) -> Tensor:
     """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``."""
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     return torch.softmax(_posterior_logits(gmm, x_t, a, s2, means), dim=-1)
@@ -151,7 +153,9 @@ def _best_combination(mean_x, mean_y, var_x, var_y, cov):
     """Minimum-variance unbiased combination λ x + (1 − λ) y; returns (mean, variance)."""
     denom = var_x + var_y - 2 * cov
     safe = denom > 1e-300
-    lam = torch.where(safe, (var_y - cov) / torch.where(safe, denom, 1.0), 0.5).clamp(0, 1)
+    lam = torch.where(safe, (var_y - cov) / torch.where(safe, denom, 1.0), 0.5).clamp(
+        0, 1
+    )
     var = lam**2 * var_x + (1 - lam) ** 2 * var_y + 2 * lam * (1 - lam) * cov
     return lam * mean_x + (1 - lam) * mean_y, var.clamp_min(0)
 
@@ -187,11 +191,15 @@ def bayes_risk_estimates(
     if m == 0:
         zero = torch.zeros_like(ab)
         return RiskEstimates(ab, exact, *[zero] * 8, n_samples)
-    span_gmm = MultiTokenGMM(gmm.means.to(torch.float64) @ basis.T, gmm.weights, gmm.sigma0)
+    span_gmm = MultiTokenGMM(
+        gmm.means.to(torch.float64) @ basis.T, gmm.weights, gmm.sigma0
+    )
     per_batch = max(1, batch_size // ab.numel())
     mean, cov = _risk_moments(span_gmm, ab, n_samples, generator, per_batch)
     var = torch.diagonal(cov).T.clamp_min(0)  # (3, A)
-    combined, combined_var = _best_combination(mean[2], mean[1], var[2], var[1], cov[2, 1])
+    combined, combined_var = _best_combination(
+        mean[2], mean[1], var[2], var[1], cov[2, 1]
+    )
     se = ((torch.cat([var, combined_var[None]])) / n_samples).sqrt()
     return RiskEstimates(
         alpha_bar=ab,
@@ -221,6 +229,8 @@ def bayes_risk(
     """
     ab = alpha_bar_tensor(alpha_bar)
     if ab.numel() != 1:
-        raise ValueError("alpha_bar must be a single value here; use bayes_risk_estimates")
+        raise ValueError(
+            "alpha_bar must be a single value here; use bayes_risk_estimates"
+        )
     est = bayes_risk_estimates(gmm, ab.reshape(1), n_samples, generator)
     return est.estimate.item(), est.combined_stderr.item()

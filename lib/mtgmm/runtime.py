@@ -56,4 +56,6 @@ def by_preset(quick: T, full: T) -> T:
 
 def describe() -> str:
     """One line naming the device, the preset and the torch version."""
-    return f"device: {pick_device().type} | preset: {preset()} | torch {torch.__version__}"
+    return (
+        f"device: {pick_device().type} | preset: {preset()} | torch {torch.__version__}"
+    )

@@ -84,7 +84,9 @@ def _resolve_predictor(
 ) -> int:
     """Check ``eps_fn`` against the schedule; return the token dimension d."""
     if not callable(eps_fn):
-        raise ValueError(f"eps_fn must be callable as eps_fn(x_t, t), got {type(eps_fn)}")
+        raise ValueError(
+            f"eps_fn must be callable as eps_fn(x_t, t), got {type(eps_fn)}"
+        )
     if isinstance(eps_fn, AttentionBank) and eps_fn.n_steps != schedule.n_steps:
         raise ValueError(
             f"the AttentionBank has n_steps = {eps_fn.n_steps} layers but the schedule has "
@@ -92,7 +94,9 @@ def _resolve_predictor(
         )
     own = getattr(eps_fn, "dim", None)
     if dim is None and own is None:
-        raise ValueError("dim (the token dimension d) is needed when eps_fn does not carry .dim")
+        raise ValueError(
+            "dim (the token dimension d) is needed when eps_fn does not carry .dim"
+        )
     if dim is not None and own is not None and int(dim) != int(own):
         raise ValueError(f"dim = {dim} disagrees with eps_fn.dim = {own}")
     return positive_int(dim if dim is not None else own, "dim")
@@ -104,7 +108,9 @@ def _resolve_device(device, generator: torch.Generator | None) -> torch.device:
         return generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
     if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"device {device} differs from the generator's device {generator.device}")
+        raise ValueError(
+            f"device {device} differs from the generator's device {generator.device}"
+        )
     return device
 
 
@@ -169,22 +175,29 @@ def ddpm_sample(
     if isinstance(eps_fn, AttentionBank):
         _check_bank(eps_fn, device, dtype)
     inv_sqrt_alpha, eps_coef, sigma = (
-        c.to(device=device, dtype=dtype) for c in reverse_coefficients(schedule, variance)
+        c.to(device=device, dtype=dtype)
+        for c in reverse_coefficients(schedule, variance)
     )
     n_steps = schedule.n_steps
     x = torch.randn(n, n_tokens, dim, generator=generator, device=device, dtype=dtype)
     states, steps = [x], [n_steps]
-    for t in tqdm(range(n_steps - 1, -1, -1), disable=not progress, desc="DDPM", leave=False):
+    for t in tqdm(
+        range(n_steps - 1, -1, -1), disable=not progress, desc="DDPM", leave=False
+    ):
         timesteps = torch.full((n,), t, dtype=torch.long, device=device)
         eps_hat = eps_fn(x, timesteps)
         if not isinstance(eps_hat, Tensor) or eps_hat.shape != x.shape:
-            shape = tuple(eps_hat.shape) if isinstance(eps_hat, Tensor) else type(eps_hat)
+            shape = (
+                tuple(eps_hat.shape) if isinstance(eps_hat, Tensor) else type(eps_hat)
+            )
             raise ValueError(
                 f"eps_fn must return a tensor of the shape of x_t, {tuple(x.shape)}; got {shape}"
             )
         x = inv_sqrt_alpha[t] * (x - eps_coef[t] * eps_hat.to(dtype))
         if t > 0:
-            x = x + sigma[t] * torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+            x = x + sigma[t] * torch.randn(
+                x.shape, generator=generator, device=device, dtype=dtype
+            )
         if return_trajectory and (t == 0 or (n_steps - t) % trajectory_every == 0):
             states.append(x)
             steps.append(t)

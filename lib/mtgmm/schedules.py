@@ -23,7 +23,9 @@ class NoiseSchedule:
     ``b`` (√(1-ᾱ_t)), ``snr`` (ᾱ_t / (1-ᾱ_t)), ``betas`` (β_t) and ``alphas`` (1-β_t).
     """
 
-    def __init__(self, alpha_bar: Sequence[float] | Tensor, name: str = "custom") -> None:
+    def __init__(
+        self, alpha_bar: Sequence[float] | Tensor, name: str = "custom"
+    ) -> None:
         ab = torch.as_tensor(alpha_bar, dtype=torch.float64).flatten()
         if ab.numel() == 0:
             raise ValueError("alpha_bar must hold at least one value")
@@ -51,7 +53,9 @@ class NoiseSchedule:
         return cls(torch.cumprod(1 - betas, 0), name="linear")
 
     @classmethod
-    def cosine(cls, n_steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999):
+    def cosine(
+        cls, n_steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999
+    ):
         """Nichol & Dhariwal (2021): ᾱ_t = f(t)/f(0), f(t) = cos²(π/2 · (t/T + s)/(1 + s)),
         with each β_t clipped at ``max_beta``."""
         n_steps = positive_int(n_steps, "n_steps")

@@ -32,7 +32,9 @@ def fit_power_law(x, y, y_stderr) -> PowerLaw:
     inflated by √(χ²/dof) when the points scatter more than their error bars allow, so that
     it covers model misfit as well as noise.
     """
-    x, y, se = (np.asarray(torch.as_tensor(v, dtype=torch.float64)) for v in (x, y, y_stderr))
+    x, y, se = (
+        np.asarray(torch.as_tensor(v, dtype=torch.float64)) for v in (x, y, y_stderr)
+    )
     if x.ndim != 1 or x.shape != y.shape or y.shape != se.shape or len(x) < 3:
         raise ValueError("x, y and y_stderr must be 1-D arrays of the same length >= 3")
     if (x <= 0).any() or (y <= 0).any() or (se <= 0).any():
@@ -44,4 +46,6 @@ def fit_power_law(x, y, y_stderr) -> PowerLaw:
     resid = log_y - design @ coef
     chi2 = float((w * resid**2).sum() / (len(x) - 2))
     cov = np.linalg.inv(normal) * max(1.0, chi2)
-    return PowerLaw(float(coef[1]), float(np.sqrt(cov[1, 1])), float(np.exp(coef[0])), chi2)
+    return PowerLaw(
+        float(coef[1]), float(np.sqrt(cov[1, 1])), float(np.exp(coef[0])), chi2
+    )

@@ -23,12 +23,20 @@ import torch
 from torch import Tensor
 
 from ._checks import alpha_bar_tensor, last_dim, leading_broadcast, positive_int
-from .attention import WEIGHT_NAMES, AttentionBank, AttentionDenoiser, SymmetricBasis, attend
+from .attention import (
+    WEIGHT_NAMES,
+    AttentionBank,
+    AttentionDenoiser,
+    SymmetricBasis,
+    attend,
+)
 from .mixture import MultiTokenGMM, add_noise
 from .objective import noisy_batch
 from .oracle import oracle_eps
 
-WeightsLike = AttentionDenoiser | AttentionBank | Sequence[Tensor] | Mapping[str, Tensor]
+WeightsLike = (
+    AttentionDenoiser | AttentionBank | Sequence[Tensor] | Mapping[str, Tensor]
+)
 _BATCH = 2**15  # marginal tokens per Monte Carlo chunk
 
 
@@ -44,18 +52,26 @@ def as_weights(weights: WeightsLike) -> tuple[Tensor, Tensor, Tensor]:
     elif isinstance(weights, Mapping):
         missing = [name for name in WEIGHT_NAMES if name not in weights]
         if missing:
-            raise ValueError(f"weights mapping must hold {WEIGHT_NAMES}, missing {missing}")
+            raise ValueError(
+                f"weights mapping must hold {WEIGHT_NAMES}, missing {missing}"
+            )
         mats = [weights[name] for name in WEIGHT_NAMES]
     else:
         mats = list(weights)
         if len(mats) != 3:
-            raise ValueError(f"weights must be three matrices {WEIGHT_NAMES}, got {len(mats)}")
+            raise ValueError(
+                f"weights must be three matrices {WEIGHT_NAMES}, got {len(mats)}"
+            )
     out = tuple(torch.as_tensor(w).detach().to(torch.float64) for w in mats)
     for name, w in zip(WEIGHT_NAMES, out, strict=True):
         if w.ndim < 2 or w.shape[-1] != w.shape[-2]:
-            raise ValueError(f"{name} must have shape (..., d, d), got {tuple(w.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., d, d), got {tuple(w.shape)}"
+            )
     if len({w.shape[-1] for w in out}) != 1:
-        raise ValueError(f"W_KQ, W_V, W_S must share d, got shapes {[tuple(w.shape) for w in out]}")
+        raise ValueError(
+            f"W_KQ, W_V, W_S must share d, got shapes {[tuple(w.shape) for w in out]}"
+        )
     return out
 
 
@@ -68,7 +84,9 @@ def _mask_self_of(weights: WeightsLike, mask_self: bool | None) -> bool:
 
 def _check_dim(w: Tensor, gmm: MultiTokenGMM) -> None:
     if w.shape[-1] != gmm.dim:
-        raise ValueError(f"weights must be d × d with d = {gmm.dim}, got {tuple(w.shape)}")
+        raise ValueError(
+            f"weights must be d × d with d = {gmm.dim}, got {tuple(w.shape)}"
+        )
 
 
 # ------------------------------------------------------------------ the infinite-token limit
@@ -78,7 +96,12 @@ def _levels(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor):
     """Validate; return ``(a, s², means, log π)``, with a and s² shaped (..., 1) for ``q``."""
     last_dim(q, gmm.dim, "q")
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=q), q)
-    return ab.sqrt(), ab * gmm.sigma0**2 + (1 - ab), gmm.means.to(q), gmm.log_weights.to(q)
+    return (
+        ab.sqrt(),
+        ab * gmm.sigma0**2 + (1 - ab),
+        gmm.means.to(q),
+        gmm.log_weights.to(q),
+    )
 
 
 def attention_limit(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor) -> Tensor:
@@ -112,7 +135,10 @@ def layer_limit(
     _check_dim(w_kq, gmm)
     last_dim(x, gmm.dim, "x")
     x = x.to(torch.float64)
-    return x @ w_s + attention_limit(gmm.to(dtype=torch.float64), alpha_bar, x @ w_kq) @ w_v
+    return (
+        x @ w_s
+        + attention_limit(gmm.to(dtype=torch.float64), alpha_bar, x @ w_kq) @ w_v
+    )
 
 
 def _marginal_tokens(gmm: MultiTokenGMM, alpha_bar: float, n: int, generator) -> Tensor:
@@ -166,7 +192,9 @@ def effective_sample_size(attn: Tensor) -> Tensor:
     weights (sum over the last axis; a (…, L, L) attention matrix gives one value per query).
     It is L for uniform weights and 1 when one key takes all the weight."""
     if attn.ndim < 1 or attn.shape[-1] < 1:
-        raise ValueError(f"attn must have a non-empty last axis (keys), got {tuple(attn.shape)}")
+        raise ValueError(
+            f"attn must have a non-empty last axis (keys), got {tuple(attn.shape)}"
+        )
     return attn.sum(-1) ** 2 / (attn**2).sum(-1)
 
 
@@ -267,7 +295,9 @@ def attention_bias(
             f"query_token must have the shape of q {tuple(q.shape)}, got {tuple(query_token.shape)}"
         )
     query_token = query_token.to(q)
-    return beta + ((q * query_token).sum(-1) - log_z).exp()[..., None] * (query_token - m)
+    return beta + ((q * query_token).sum(-1) - log_z).exp()[..., None] * (
+        query_token - m
+    )
 
 
 def variance_exponent(w_kq: Tensor, gmm: MultiTokenGMM, alpha_bar: float) -> float:
@@ -331,7 +361,9 @@ class TokenExpansion:
     def _keys(self, n_tokens) -> Tensor:
         n_tokens = torch.as_tensor(n_tokens, dtype=torch.float64)
         if bool((n_tokens < 2).any()):
-            raise ValueError("n_tokens must be >= 2 (the expansion is in the L − 1 other keys)")
+            raise ValueError(
+                "n_tokens must be >= 2 (the expansion is in the L − 1 other keys)"
+            )
         return n_tokens - 1
 
     def excess(self, n_tokens: int | Tensor) -> Tensor:
@@ -344,7 +376,9 @@ class TokenExpansion:
         if self.kappa >= 1:
             return torch.full_like(k, math.inf)
         c = torch.stack([torch.ones_like(k), k, k], -1)
-        return torch.einsum("...i,ij,...j->...", c, self.covariance, c).clamp_min(0).sqrt()
+        return (
+            torch.einsum("...i,ij,...j->...", c, self.covariance, c).clamp_min(0).sqrt()
+        )
 
     def tokens_needed(self, target: float) -> int:
         """Smallest L with predicted excess ≤ ``target`` (needs target > limit and κ < 1;
@@ -355,7 +389,9 @@ class TokenExpansion:
                 "remove the limit's own bias"
             )
         if self.kappa >= 1:
-            raise ValueError(f"the 1/L constant is infinite (kappa = {self.kappa:.3g} >= 1)")
+            raise ValueError(
+                f"the 1/L constant is infinite (kappa = {self.kappa:.3g} >= 1)"
+            )
         if self.slope <= 0:
             return 2
         return 1 + max(1, math.ceil(self.slope / (target - self.limit)))
@@ -424,12 +460,16 @@ def measured_token_gap(
     ab = _single_level(alpha_bar)
     w = as_weights(weights)
     _check_dim(w[0], gmm)
-    model = AttentionDenoiser.from_weights(*w, mask_self=_mask_self_of(weights, mask_self))
+    model = AttentionDenoiser.from_weights(
+        *w, mask_self=_mask_self_of(weights, mask_self)
+    )
     model = model.double()
     g64 = gmm.to(dtype=torch.float64)
     parts, done = [], 0
     while done < n_sequences:
-        x_t, _ = noisy_batch(g64, ab, min(batch_size, n_sequences - done), n_tokens, generator)
+        x_t, _ = noisy_batch(
+            g64, ab, min(batch_size, n_sequences - done), n_tokens, generator
+        )
         eps_star = oracle_eps(g64, x_t, ab)
         finite = ((model(x_t) - eps_star) ** 2).sum(-1)
         limit = ((layer_limit(w, g64, ab, x_t) - eps_star) ** 2).sum(-1)
@@ -457,7 +497,9 @@ def predicted_excess(
 # -------------------------------------------------------------- the invariant subspace
 
 
-def symmetrize(weights: WeightsLike, basis: SymmetricBasis) -> tuple[Tensor, Tensor, Tensor]:
+def symmetrize(
+    weights: WeightsLike, basis: SymmetricBasis
+) -> tuple[Tensor, Tensor, Tensor]:
     """Each matrix projected onto the symmetric matrices αP + βP⊥ + γJ (Frobenius
     projection, the average over the symmetry group; chapter *Training dynamics*)."""
     return tuple(basis.project(w) for w in as_weights(weights))
@@ -475,7 +517,9 @@ def weights_from_coordinates(
     """The inverse of :func:`reduced_coordinates`: ``(W_KQ, W_V, W_S)`` from (…, 3, 3)."""
     c = torch.as_tensor(coordinates, dtype=torch.float64)
     if c.ndim < 2 or c.shape[-2:] != (3, 3):
-        raise ValueError(f"coordinates must have shape (..., 3, 3), got {tuple(c.shape)}")
+        raise ValueError(
+            f"coordinates must have shape (..., 3, 3), got {tuple(c.shape)}"
+        )
     mats = basis.compose(c)
     return mats[..., 0, :, :], mats[..., 1, :, :], mats[..., 2, :, :]
 
@@ -501,10 +545,16 @@ def permutation_isometry(
     means = gmm.means.to(torch.float64)
     perm = torch.as_tensor(list(permutation), dtype=torch.long)
     if sorted(perm.tolist()) != list(range(gmm.n_clusters)):
-        raise ValueError(f"permutation must reorder 0 … {gmm.n_clusters - 1}, got {perm}")
+        raise ValueError(
+            f"permutation must reorder 0 … {gmm.n_clusters - 1}, got {perm}"
+        )
     span = gmm.span_basis().to(torch.float64)  # (m, d)
     eye = torch.eye(gmm.dim, dtype=torch.float64)
-    rest = torch.linalg.svd(span, full_matrices=True)[2][span.shape[0] :] if len(span) else eye
+    rest = (
+        torch.linalg.svd(span, full_matrices=True)[2][span.shape[0] :]
+        if len(span)
+        else eye
+    )
     if complement is None:
         complement = torch.eye(rest.shape[0], dtype=torch.float64)
     complement = torch.as_tensor(complement, dtype=torch.float64)
@@ -530,7 +580,9 @@ def score_matching_error(excess: float | Tensor, alpha_bar: float | Tensor) -> T
     ``s_θ = −f/b`` (exact: Tweedie, ∇ log p_t = −ε*/b; chapter *DDPM in one chapter*)."""
     ab = alpha_bar_tensor(alpha_bar)
     if bool((ab >= 1).any()):
-        raise ValueError("alpha_bar must be < 1: at ᾱ = 1 (b = 0) the score is undefined")
+        raise ValueError(
+            "alpha_bar must be < 1: at ᾱ = 1 (b = 0) the score is undefined"
+        )
     return torch.as_tensor(excess, dtype=ab.dtype) / (1 - ab)
 
 
@@ -545,7 +597,10 @@ def orthonormal_symmetric_basis(basis: SymmetricBasis) -> Tensor:
 
 
 def readout_hessian(
-    w_kq: Tensor, x_t: Tensor, basis: SymmetricBasis | None = None, mask_self: bool = False
+    w_kq: Tensor,
+    x_t: Tensor,
+    basis: SymmetricBasis | None = None,
+    mask_self: bool = False,
 ) -> Tensor:
     """Hessian of the empirical DDPM loss (mean over tokens of ‖f − ε‖², exactly quadratic)
     in the readout ``(W_V, W_S)`` for fixed ``W_KQ``, on the samples ``x_t`` (n, L, d); it
@@ -563,7 +618,9 @@ def readout_hessian(
         raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
     d = x_t.shape[-1]
     if tuple(w_kq.shape) != (d, d):
-        raise ValueError(f"w_kq must have shape (d, d) = {(d, d)}, got {tuple(w_kq.shape)}")
+        raise ValueError(
+            f"w_kq must have shape (d, d) = {(d, d)}, got {tuple(w_kq.shape)}"
+        )
     if mask_self and x_t.shape[1] < 2:
         raise ValueError("mask_self needs at least 2 tokens per sequence (L >= 2)")
     x = x_t.to(torch.float64)

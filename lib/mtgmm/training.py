@@ -294,7 +294,9 @@ def _second_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return trace, torch.linalg.eigvalsh(moments)[..., -1]
 
 
-def _initialise(params: list[Tensor], options: TrainOptions, mean_sq_norm: Tensor) -> None:
+def _initialise(
+    params: list[Tensor], options: TrainOptions, mean_sq_norm: Tensor
+) -> None:
     """Apply ``options.init`` to ``(W_KQ, W_V, W_S)`` (single or banked, shape (..., d, d))."""
     if options.init == "keep":
         return
@@ -309,7 +311,9 @@ def _initialise(params: list[Tensor], options: TrainOptions, mean_sq_norm: Tenso
 
 
 @torch.no_grad()
-def _warm_start(params: list[Tensor], x_t: Tensor, eps: Tensor, mask_self: bool) -> None:
+def _warm_start(
+    params: list[Tensor], x_t: Tensor, eps: Tensor, mask_self: bool
+) -> None:
     """Set ``W_S, W_V`` to the least-squares fit of ε on ``[X, A X]`` (A the attention at the
     current W_KQ) over the calibration batch ``x_t, eps`` of shape (..., n, L, d), with a
     ridge of :data:`WARM_START_RIDGE` times the mean feature energy on the W_V block only.
@@ -356,12 +360,16 @@ def _optimise(
     stepper = _Stepper(params, lr, options)
     log_every = options.log_every or max(1, steps // 20)
     running, count = 0.0, 0
-    bar = tqdm(range(steps), desc=description, disable=not options.progress, leave=False)
+    bar = tqdm(
+        range(steps), desc=description, disable=not options.progress, leave=False
+    )
     for k in bar:
         loss = batch_loss()
         value = loss.item()
         if not math.isfinite(value):
-            raise RuntimeError(f"training diverged at step {k} (loss {value}); lower the step")
+            raise RuntimeError(
+                f"training diverged at step {k} (loss {value}); lower the step"
+            )
         grads = torch.autograd.grad(loss, params)
         stepper.step(grads, _schedule_factor(options.schedule, k, steps))
         running, count = running + value, count + 1
@@ -395,7 +403,9 @@ def _seed(generator: torch.Generator | None) -> int:
 def _check_level(alpha_bar: float) -> float:
     ab = alpha_bar_tensor(alpha_bar)
     if ab.numel() != 1:
-        raise ValueError(f"alpha_bar must be a single value, got shape {tuple(ab.shape)}")
+        raise ValueError(
+            f"alpha_bar must be a single value, got shape {tuple(ab.shape)}"
+        )
     return ab.item()
 
 
@@ -403,12 +413,18 @@ def _check_steps(steps: int | None) -> int:
     return DEFAULT_STEPS if steps is None else positive_int(steps, "steps")
 
 
-def _check_model(dim: int, mask_self: bool, gmm: MultiTokenGMM, n_tokens: int, name: str) -> int:
+def _check_model(
+    dim: int, mask_self: bool, gmm: MultiTokenGMM, n_tokens: int, name: str
+) -> int:
     if dim != gmm.dim:
-        raise ValueError(f"{name} dimension {dim} must equal the mixture's dimension {gmm.dim}")
+        raise ValueError(
+            f"{name} dimension {dim} must equal the mixture's dimension {gmm.dim}"
+        )
     n_tokens = positive_int(n_tokens, "n_tokens")
     if mask_self and n_tokens < 2:
-        raise ValueError("mask_self needs at least 2 tokens per sequence (n_tokens >= 2)")
+        raise ValueError(
+            "mask_self needs at least 2 tokens per sequence (n_tokens >= 2)"
+        )
     return n_tokens
 
 
@@ -441,10 +457,14 @@ def train(
 
     def log(step: int, loss: float) -> None:
         evaluation = torch.Generator(device=device).manual_seed(eval_seed)
-        excess = excess_risk(model, eval_gmm, ab, n_tokens, opts.n_eval_sequences, evaluation)
+        excess = excess_risk(
+            model, eval_gmm, ab, n_tokens, opts.n_eval_sequences, evaluation
+        )
         weights = torch.stack([w.double().cpu() for w in model.weights().values()])
         defect = (weights - basis.project(weights)).flatten(1).norm(dim=1)
-        records.append((step, loss, *excess, basis.coordinates(weights).numpy(), defect.numpy()))
+        records.append(
+            (step, loss, *excess, basis.coordinates(weights).numpy(), defect.numpy())
+        )
 
     lr = _train_layer(model, gmm, ab, n_tokens, steps, generator, opts, log)
     columns = list(zip(*records, strict=True))
@@ -517,14 +537,18 @@ def bank_excess_risk(
     per_chunk = max(1, max_tokens // (n_sequences * n_tokens))
     means, errors = [], []
     for first in range(0, bank.n_steps, per_chunk):
-        t = torch.arange(first, min(first + per_chunk, bank.n_steps), device=param.device)
+        t = torch.arange(
+            first, min(first + per_chunk, bank.n_steps), device=param.device
+        )
         t = t.repeat_interleave(n_sequences)
         ab = schedule.alpha_bar.to(param.device)[t][:, None]
         x_t, _ = draw(ab, t.numel(), n_tokens)
         target = oracle_eps(local, x_t, ab.to(param.dtype))
         grouped = x_t.view(-1, n_sequences, n_tokens, bank.dim)
         prediction = _bank_prediction(bank, grouped, first).flatten(0, 1)
-        gap = ((prediction - target) ** 2).sum(-1).mean(-1).double().view(-1, n_sequences)
+        gap = (
+            ((prediction - target) ** 2).sum(-1).mean(-1).double().view(-1, n_sequences)
+        )
         means.append(gap.mean(1))
         errors.append(gap.std(1) / n_sequences**0.5)
     return torch.cat(means).cpu(), torch.cat(errors).cpu()
@@ -540,7 +564,9 @@ def _chunk_steps(x: Tensor) -> int:
 def _bank_prediction(bank: AttentionBank, x: Tensor, first: int) -> Tensor:
     """``bank.by_timestep(x, first)`` evaluated in chunks of :func:`_chunk_steps` timesteps."""
     size = _chunk_steps(x)
-    parts = [bank.by_timestep(x[i : i + size], first + i) for i in range(0, len(x), size)]
+    parts = [
+        bank.by_timestep(x[i : i + size], first + i) for i in range(0, len(x), size)
+    ]
     return torch.cat(parts)
 
 
@@ -589,7 +615,13 @@ class _BankLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, w_kq: Tensor, w_v: Tensor, w_s: Tensor, x: Tensor, eps: Tensor, mask_self: bool
+        ctx,
+        w_kq: Tensor,
+        w_v: Tensor,
+        w_s: Tensor,
+        x: Tensor,
+        eps: Tensor,
+        mask_self: bool,
     ) -> Tensor:
         weights = (w_kq, w_v, w_s)
         grads = [torch.empty_like(w) for w in weights]
@@ -663,7 +695,9 @@ def train_bank(
     mean_sq_norm, top = _second_moments(x_cal.view(by_timestep))
     _initialise(params, opts, mean_sq_norm)
     if opts.warm_start:
-        _warm_start(params, x_cal.view(by_timestep), eps_cal.view(by_timestep), bank.mask_self)
+        _warm_start(
+            params, x_cal.view(by_timestep), eps_cal.view(by_timestep), bank.mask_self
+        )
     lr = _step_size(opts, top)
     records: list[tuple[int, float]] = []
     with torch.no_grad():
@@ -677,7 +711,9 @@ def train_bank(
         lambda k, loss: records.append((k, loss / bank.n_steps)),
         f"train bank T={bank.n_steps}",
     )
-    return _bank_history(bank, gmm, schedule, n_tokens, records, lr, opts, eval_seed, start)
+    return _bank_history(
+        bank, gmm, schedule, n_tokens, records, lr, opts, eval_seed, start
+    )
 
 
 def _bank_history(bank, gmm, schedule, n_tokens, records, lr, opts, eval_seed, start):
@@ -728,8 +764,12 @@ def train_bank_loop(
         def log(k: int, loss: float) -> None:
             losses.setdefault(k, []).append(loss)
 
-        rates.append(_train_layer(layer, gmm, ab, n_tokens, steps, generator, opts, log))
+        rates.append(
+            _train_layer(layer, gmm, ab, n_tokens, steps, generator, opts, log)
+        )
         bank.load_layer(t, layer)
     records = [(k, float(np.mean(v))) for k, v in sorted(losses.items())]
     lr = torch.tensor(rates)
-    return _bank_history(bank, gmm, schedule, n_tokens, records, lr, opts, eval_seed, start)
+    return _bank_history(
+        bank, gmm, schedule, n_tokens, records, lr, opts, eval_seed, start
+    )

@@ -28,17 +28,27 @@ def rewrite_install_cell(nb, url: str, source: Path) -> None:
     cell = next(c for c in nb.cells if c.cell_type == "code")
     old = f'"mtgmm @ git+{url}"'
     if "google.colab" not in cell.source or old not in cell.source:
-        sys.exit(f"colab_run.py: the first code cell does not install {old}:\n{cell.source}")
+        sys.exit(
+            f"colab_run.py: the first code cell does not install {old}:\n{cell.source}"
+        )
     cell.source = cell.source.replace(old, f'"mtgmm @ {source.resolve().as_uri()}"')
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("notebook", type=Path)
-    parser.add_argument("--url", required=True, help="repository URL in the install cell")
-    parser.add_argument("--source", type=Path, required=True, help="local copy to install")
-    parser.add_argument("--cwd", type=Path, required=True, help="working directory (Colab's)")
-    parser.add_argument("--timeout", type=int, default=600, help="per-cell timeout, seconds")
+    parser.add_argument(
+        "--url", required=True, help="repository URL in the install cell"
+    )
+    parser.add_argument(
+        "--source", type=Path, required=True, help="local copy to install"
+    )
+    parser.add_argument(
+        "--cwd", type=Path, required=True, help="working directory (Colab's)"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=600, help="per-cell timeout, seconds"
+    )
     args = parser.parse_args()
 
     nb = nbformat.read(args.notebook, as_version=4)

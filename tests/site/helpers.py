@@ -67,7 +67,9 @@ def is_chapter(docname: str) -> bool:
     import notebooks
 
     md = ROOT / f"{docname}.md"
-    return md.is_file() and notebooks.is_chapter(md) and md.with_suffix(".ipynb").is_file()
+    return (
+        md.is_file() and notebooks.is_chapter(md) and md.with_suffix(".ipynb").is_file()
+    )
 
 
 def config() -> dict:
@@ -93,4 +95,6 @@ def build(cmd: list[str]) -> None:
     print("+ " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+        )

@@ -175,7 +175,9 @@ def test_page(site, page_of, screenshots, docname):
             problems.append("the page has math but MathJax never started")
         else:
             problems += [f"MathJax error in: {tex[:100]!r}" for tex in math["errors"]]
-            problems += [f"math element not typeset: {tex!r}" for tex in math["untypeset"]]
+            problems += [
+                f"math element not typeset: {tex!r}" for tex in math["untypeset"]
+            ]
     text = page.evaluate(VISIBLE_TEXT)
     for pattern, what in RAW_TEX:
         for m in pattern.finditer(text):
@@ -189,7 +191,9 @@ def test_page(site, page_of, screenshots, docname):
     for kind, (selector, n) in box_selectors(expected_boxes(docname)).items():
         boxes = page.evaluate(BOXES, selector)
         if len(boxes) != n:
-            problems.append(f"{kind}: {n} in the source, {len(boxes)} rendered ({selector})")
+            problems.append(
+                f"{kind}: {n} in the source, {len(boxes)} rendered ({selector})"
+            )
         for box in boxes:
             # a plain proof has no title bar (it starts "Proof."): check the others' titles
             if box["height"] <= 0 or not (box["title"] or kind == "prf:* (all)"):
@@ -201,12 +205,17 @@ def test_page(site, page_of, screenshots, docname):
             problems.append("a chapter page without launch buttons")
         else:
             launch.locator("button.dropdown-toggle").click()
-            for name, host in (("Colab", "colab.research.google.com"), ("Binder", "mybinder")):
+            for name, host in (
+                ("Colab", "colab.research.google.com"),
+                ("Binder", "mybinder"),
+            ):
                 link = launch.locator(f"a[href*='{host}']")
                 try:
                     link.wait_for(state="visible", timeout=5_000)
                 except Exception:  # noqa: BLE001 (playwright's TimeoutError)
-                    problems.append(f"no visible {name} launch button after opening the menu")
+                    problems.append(
+                        f"no visible {name} launch button after opening the menu"
+                    )
                     continue
                 href = link.get_attribute("href") or ""
                 if not href.endswith(f"{docname}.ipynb"):

@@ -34,24 +34,37 @@ def repo() -> tuple[str, str, str]:
 
 
 def launch_links(page: BeautifulSoup) -> dict[str, list[str]]:
-    links: dict[str, list[str]] = {"colab": [], "binder": [], "download": [], "source": []}
+    links: dict[str, list[str]] = {
+        "colab": [],
+        "binder": [],
+        "download": [],
+        "source": [],
+    }
     for a in page.select(".dropdown-launch-buttons a[href]"):
         href = a["href"]
         kind = "colab" if "colab.research.google.com" in href else "binder"
         links[kind].append(href)
-    links["download"] = [a["href"] for a in page.select(".dropdown-download-buttons a[href]")]
-    links["source"] = [a["href"] for a in page.select(".dropdown-source-buttons a[href]")]
+    links["download"] = [
+        a["href"] for a in page.select(".dropdown-download-buttons a[href]")
+    ]
+    links["source"] = [
+        a["href"] for a in page.select(".dropdown-source-buttons a[href]")
+    ]
     return links
 
 
 def test_repository_and_branch():
     url, name, branch = repo()
     assert re.fullmatch(r"https://github\.com/[^/]+/[^/]+", url), url
-    assert branch == "main", "repository.branch must be main (the theme's default, master, 404s)"
+    assert branch == "main", (
+        "repository.branch must be main (the theme's default, master, 404s)"
+    )
 
 
 def test_there_are_chapters():
-    assert CHAPTERS, "no chapter (book/X.md with a jupytext header and book/X.ipynb) in _toc.yml"
+    assert CHAPTERS, (
+        "no chapter (book/X.md with a jupytext header and book/X.ipynb) in _toc.yml"
+    )
 
 
 @pytest.mark.parametrize("docname", DOCS)
@@ -72,10 +85,15 @@ def test_launch_urls(site, docname):
         assert colab.startswith(prefix), colab
         path = colab.removeprefix(prefix)
         assert path == f"{docname}.ipynb", f"Colab opens {path}, not {docname}.ipynb"
-        assert (ROOT / path).is_file(), f"Colab opens {path}, which is not in the repository"
+        assert (ROOT / path).is_file(), (
+            f"Colab opens {path}, which is not in the repository"
+        )
 
         binder = urlsplit(links["binder"][0])
-        assert f"{binder.scheme}://{binder.netloc}" == config()["launch_buttons"]["binderhub_url"]
+        assert (
+            f"{binder.scheme}://{binder.netloc}"
+            == config()["launch_buttons"]["binderhub_url"]
+        )
         assert binder.path == f"/v2/gh/{name}/{branch}", binder.path
         (target,) = parse_qs(binder.query)["urlpath"]
         path = unquote(target).removeprefix("tree/")
@@ -87,7 +105,9 @@ def test_launch_urls(site, docname):
     for href in links["download"]:
         target = (page.parent / urlsplit(href).path).resolve()
         assert target.is_file(), f"{docname}: download {href} is not in the built site"
-        assert target.name in {f"{Path(docname).name}{s}" for s in (".md", ".ipynb", ".rst")}
+        assert target.name in {
+            f"{Path(docname).name}{s}" for s in (".md", ".ipynb", ".rst")
+        }
     source = links["source"]
     assert url in source, f"{docname}: no repository button to {url}: {source}"
     for href in source:
@@ -100,7 +120,12 @@ def _targets(html_root: Path):
         if "_static" in page.relative_to(html_root).parts:
             continue
         doc = soup(page)
-        for tag, attr in (("a", "href"), ("img", "src"), ("link", "href"), ("script", "src")):
+        for tag, attr in (
+            ("a", "href"),
+            ("img", "src"),
+            ("link", "href"),
+            ("script", "src"),
+        ):
             for el in doc.find_all(tag):
                 href = el.get(attr)
                 if not href or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", href):
@@ -135,7 +160,9 @@ def check_internal_links(html_root: Path) -> list[str]:
 
 def test_internal_links_resolve(site):
     broken = check_internal_links(site)
-    assert not broken, f"{len(broken)} broken internal link(s):\n" + "\n".join(broken[:50])
+    assert not broken, f"{len(broken)} broken internal link(s):\n" + "\n".join(
+        broken[:50]
+    )
 
 
 def test_readme_links_published_book():
@@ -145,8 +172,13 @@ def test_readme_links_published_book():
 
 
 def test_pages_address_rule():
-    assert site_url.pages_url("https://github.com/Owner/repo") == "https://owner.github.io/repo/"
-    assert site_url.pages_url("https://github.com/o/o.github.io") == "https://o.github.io/"
+    assert (
+        site_url.pages_url("https://github.com/Owner/repo")
+        == "https://owner.github.io/repo/"
+    )
+    assert (
+        site_url.pages_url("https://github.com/o/o.github.io") == "https://o.github.io/"
+    )
     with pytest.raises(ValueError):
         site_url.pages_url("https://gitlab.com/o/r")
 

@@ -56,7 +56,9 @@ def colab(tmp_path_factory):
     run(pip + FIND_LINKS + ["-c", ROOT / "constraints.txt"] + PREINSTALLED)
     torch_before = run([python, "-c", "import torch; print(torch.__version__)"]).strip()
     probe = "import importlib.util as u; print(u.find_spec('mtgmm') is None)"
-    assert run([python, "-c", probe], cwd=base).strip() == "True", "mtgmm is preinstalled"
+    assert run([python, "-c", probe], cwd=base).strip() == "True", (
+        "mtgmm is preinstalled"
+    )
 
     stub = base / "stub" / "google" / "colab"
     stub.mkdir(parents=True)
@@ -72,7 +74,9 @@ def colab(tmp_path_factory):
         if not line.strip().startswith("torch")
     ]
     (base / "pins.txt").write_text("\n".join(pins) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MTGMM_", "PYTHON"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MTGMM_", "PYTHON"))
+    }
     env.update(
         PYTHONPATH=str(base / "stub"),
         PIP_CONSTRAINT=str(base / "pins.txt"),
@@ -85,7 +89,13 @@ def colab(tmp_path_factory):
         env["PIP_FIND_LINKS"] = FIND_LINKS[1]
     cwd = base / "content"  # Colab's empty working directory
     cwd.mkdir()
-    return {"python": python, "env": env, "source": source, "cwd": cwd, "torch": torch_before}
+    return {
+        "python": python,
+        "env": env,
+        "source": source,
+        "cwd": cwd,
+        "torch": torch_before,
+    }
 
 
 def test_there_are_chapters():
@@ -95,14 +105,24 @@ def test_there_are_chapters():
 @pytest.mark.parametrize("docname", CHAPTERS)
 def test_chapter_runs_in_colab(colab, docname):
     url = config()["repository"]["url"].rstrip("/")
-    cmd = [colab["python"], Path(__file__).with_name("colab_run.py"), ROOT / f"{docname}.ipynb"]
+    cmd = [
+        colab["python"],
+        Path(__file__).with_name("colab_run.py"),
+        ROOT / f"{docname}.ipynb",
+    ]
     cmd += ["--url", url, "--source", colab["source"], "--cwd", colab["cwd"]]
     out = run(cmd, env=colab["env"], cwd=colab["cwd"])
     report = json.loads(out.strip().splitlines()[-1])
     assert report["in_colab"] is True, "the stand-in google.colab was not importable"
     assert report["python"].startswith(str(colab["python"].parent.parent))
     site_packages = str(colab["python"].parent.parent / "lib")
-    assert report["mtgmm"].startswith(site_packages), f"mtgmm imported from {report['mtgmm']}"
+    assert report["mtgmm"].startswith(site_packages), (
+        f"mtgmm imported from {report['mtgmm']}"
+    )
     assert report["torch"] == colab["torch"], "the notebook's kernel has another torch"
-    after = run([colab["python"], "-c", "import torch; print(torch.__version__)"]).strip()
-    assert after == colab["torch"], f"the install changed torch: {colab['torch']} -> {after}"
+    after = run(
+        [colab["python"], "-c", "import torch; print(torch.__version__)"]
+    ).strip()
+    assert after == colab["torch"], (
+        f"the install changed torch: {colab['torch']} -> {after}"
+    )

@@ -30,7 +30,9 @@ class Solution:
     label: str
     code: list[str] = field(default_factory=list)  # lines of its code cells
     prose: list[str] = field(default_factory=list)  # phrases of its text
-    check: list[str] = field(default_factory=list)  # lines of the code cell right after it
+    check: list[str] = field(
+        default_factory=list
+    )  # lines of the code cell right after it
 
 
 def code_cells(lines: list[str], i: int) -> tuple[list[str], int]:
@@ -51,7 +53,9 @@ def solutions(md: Path) -> tuple[list[Solution], set[str]]:
     lines = md.read_text(encoding="utf-8").splitlines()
     found: list[Solution] = []
     outside: set[str] = set()
-    outside_text: list[str] = []  # prose outside the solutions, to tell their own phrases
+    outside_text: list[
+        str
+    ] = []  # prose outside the solutions, to tell their own phrases
     current = None
     after_end = False
     i = 0
@@ -100,7 +104,9 @@ def page_text(html: Path) -> tuple[str, str]:
     main = doc.select_one("main") or doc
     text = " ".join(main.get_text(" ").split())
     code = "\n".join(
-        " ".join(line.split()) for pre in main.select("pre") for line in pre.get_text().splitlines()
+        " ".join(line.split())
+        for pre in main.select("pre")
+        for line in pre.get_text().splitlines()
     )
     return text, code
 
@@ -118,23 +124,33 @@ def test_student_page(site, student_site, docname):
     student = BeautifulSoup(
         (student_site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser"
     )
-    full = BeautifulSoup((site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser")
+    full = BeautifulSoup(
+        (site / f"{docname}.html").read_text(encoding="utf-8"), "html.parser"
+    )
 
     n_exercises = len(full.select("div.exercise"))
     assert len(student.select("div.exercise")) == n_exercises
     assert (n_exercises > 0) == (docname not in WITHOUT_EXERCISES)
     assert not student.select("div.solution"), "a solution box in the student edition"
-    assert not student.select(".dropdown-launch-buttons"), "launch buttons open the full book"
-    assert not student.select("a[href$='.ipynb']"), "a link to a notebook with the solutions"
+    assert not student.select(".dropdown-launch-buttons"), (
+        "launch buttons open the full book"
+    )
+    assert not student.select("a[href$='.ipynb']"), (
+        "a link to a notebook with the solutions"
+    )
     for sol in sols:
         for line in hidden_lines(sol, outside):
-            assert line in full_code, f"{sol.label}: {line!r} not found in the full book"
+            assert line in full_code, (
+                f"{sol.label}: {line!r} not found in the full book"
+            )
             # whole lines: a short solution line may be part of a longer line elsewhere
             assert line not in code.splitlines(), (
                 f"{sol.label}: solution code {line!r} in the student edition"
             )
         for phrase in sol.prose:
-            assert phrase in full_text, f"{sol.label}: {phrase!r} not found in the full book"
+            assert phrase in full_text, (
+                f"{sol.label}: {phrase!r} not found in the full book"
+            )
             assert phrase not in text, (
                 f"{sol.label}: solution text {phrase!r} in the student edition"
             )
@@ -162,7 +178,9 @@ def test_student_notebook(student_site, docname):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     original = nbformat.read(ROOT / f"{docname}.ipynb", as_version=4)
-    assert nb.cells[0].source == next(c.source for c in original.cells), "Colab cell first"
+    assert nb.cells[0].source == next(c.source for c in original.cells), (
+        "Colab cell first"
+    )
     sources = "\n".join(c.source for c in nb.cells)
     assert "solution-start" not in sources and "solution-end" not in sources
     assert sources.count("exercise-start") == sum(
@@ -180,7 +198,9 @@ def test_student_notebook(student_site, docname):
                 f"{sol.label}: solution code {line!r} in the notebook"
             )
         for phrase in sol.prose:
-            assert phrase not in sources, f"{sol.label}: solution text {phrase!r} in the notebook"
+            assert phrase not in sources, (
+                f"{sol.label}: solution text {phrase!r} in the notebook"
+            )
         for line in sol.check:
             assert " ".join(line.split()) in code, f"{sol.label}: check cell missing"
     answers = [c for c in nb.cells if "student-answer" in c.metadata.get("tags", [])]

@@ -24,7 +24,9 @@ def _solution_start_directive():
 
     class StudentSolutionStartDirective(SolutionStartDirective):
         def run(self):
-            result = super().run()  # also records the gated structure sphinx-exercise checks
+            result = (
+                super().run()
+            )  # also records the gated structure sphinx-exercise checks
             if self.env.app.config.hide_solutions:
                 marker = removed_solution_start()
                 marker.source, marker.line = self.get_source_info()
@@ -65,7 +67,9 @@ class RemoveGatedSolutions(SphinxTransform):
 
 
 def setup(app):
-    app.setup_extension("sphinx_exercise")  # so that the directive below overrides its own
+    app.setup_extension(
+        "sphinx_exercise"
+    )  # so that the directive below overrides its own
     app.add_directive("solution-start", _solution_start_directive(), override=True)
     app.add_node(removed_solution_start)
     app.add_transform(RemoveGatedSolutions)

@@ -34,7 +34,12 @@ from ..mixture import MultiTokenGMM, add_noise
 from ..oracle import oracle_eps, posterior_weights
 from ..runtime import by_preset
 from ..schedules import NoiseSchedule
-from ..theory import attention_limit, limit_excess, reduced_coordinates, weights_from_coordinates
+from ..theory import (
+    attention_limit,
+    limit_excess,
+    reduced_coordinates,
+    weights_from_coordinates,
+)
 
 # --------------------------------------------------------------------------------------------
 # Estimates with standard errors
@@ -65,7 +70,9 @@ def _ratio_of_means(num: Tensor, den: Tensor) -> tuple[Tensor, Tensor]:
 
 def _stack(rows: list[tuple[Tensor, Tensor]]) -> Estimate:
     """Stack (mean, stderr) pairs along a new last axis (one per timestep)."""
-    return Estimate(torch.stack([r[0] for r in rows], -1), torch.stack([r[1] for r in rows], -1))
+    return Estimate(
+        torch.stack([r[0] for r in rows], -1), torch.stack([r[1] for r in rows], -1)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +131,8 @@ def construction_bank(
     """The (tempered) mean-denoising construction at every timestep (:func:`tempered_weights`;
     ``temperature=1`` gives :func:`mtgmm.mean_denoising_weights`)."""
     return _bank_from(
-        [tempered_weights(gmm, ab, temperature) for ab in schedule.alpha_bar.tolist()], gmm.dim
+        [tempered_weights(gmm, ab, temperature) for ab in schedule.alpha_bar.tolist()],
+        gmm.dim,
     )
 
 
@@ -245,7 +253,9 @@ def alignment_profile(
     g32 = gmm.to(device="cpu", dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     rel, cos, exc = [], [], []
-    for t, ab, x_t, _ in _timestep_sequences(g32, schedule, n_sequences, n_tokens, generator):
+    for t, ab, x_t, _ in _timestep_sequences(
+        g32, schedule, n_sequences, n_tokens, generator
+    ):
         target = oracle_eps(g32, x_t, ab)
         eps_hat = torch.stack([_run(bank, x_t, t) for bank in predictors.values()], 1)
         gap = ((eps_hat - target[:, None]) ** 2).sum(-1).mean(-1).double()  # (n, P)
@@ -271,7 +281,9 @@ def alignment_profile(
 # --------------------------------------------------------------------------------------------
 
 
-def cluster_attention_limit(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor) -> Tensor:
+def cluster_attention_limit(
+    gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor
+) -> Tensor:
     """``ω(q) = softmax_k(log π_k + a⟨q, μ_k⟩)``, shape ``q.shape[:-1] + (K,)``: as L → ∞ the
     share of the attention weight of query ``q`` that falls on the keys of cluster k
     (the k-th term of :func:`mtgmm.theory.attention_limit`'s tilted mixture)."""
@@ -288,7 +300,9 @@ def tempered_posterior(
     is :func:`cluster_attention_limit` at ``q = τ x P / s²`` (proposition *tempered mean
     denoising*), computed here from the posterior instead."""
     log_w = posterior_weights(gmm, x_t, alpha_bar).clamp_min(1e-300).log()
-    return torch.softmax((1 - temperature) * gmm.log_weights.to(x_t) + temperature * log_w, -1)
+    return torch.softmax(
+        (1 - temperature) * gmm.log_weights.to(x_t) + temperature * log_w, -1
+    )
 
 
 def tempered_limit_excess(
@@ -352,7 +366,9 @@ def limit_readout_excess(
     return mean.item(), stderr.item()
 
 
-def posterior_averaging_map(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float) -> Tensor:
+def posterior_averaging_map(
+    gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float
+) -> Tensor:
     """The oracle's co-membership averaging map ``A*_ij = Σ_k w_k(x_i) w_k(x_j) / N_k``,
     ``N_k = Σ_j w_k(x_j)``, for one sequence ``x_t`` (L, d) or a batch (…, L, L). Rows sum to
     1, and ``Σ_j A*_ij x_j = Σ_k w_k(x_i) x̄_k`` with ``x̄_k`` the posterior-weighted mean of the
@@ -451,7 +467,11 @@ def _mean_denoising_row(
     omega = cluster_attention_limit(gmm, alpha_bar, q)
     w = posterior_weights(gmm, x_t, alpha_bar)
     centre = (attn @ x_t - s2 * q) @ gmm.span_projector().to(x_t)
-    truth, oracle, limit = a * gmm.means[labels], a * w @ gmm.means, a * omega @ gmm.means
+    truth, oracle, limit = (
+        a * gmm.means[labels],
+        a * w @ gmm.means,
+        a * omega @ gmm.means,
+    )
     scale = (truth**2).sum(-1).mean(-1).double()
 
     def distance(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -486,7 +506,9 @@ def mean_denoising_profile(
     g32 = gmm.to(device="cpu", dtype=torch.float32)
     rows: dict[str, list] = {}
     generator = torch.Generator().manual_seed(seed)
-    for t, ab, x_t, labels in _timestep_sequences(g32, schedule, n_sequences, n_tokens, generator):
+    for t, ab, x_t, labels in _timestep_sequences(
+        g32, schedule, n_sequences, n_tokens, generator
+    ):
         w_kq = bank.W_KQ[t].detach().float().cpu()
         for name, value in _mean_denoising_row(g32, ab, w_kq, x_t, labels).items():
             rows.setdefault(name, []).append(value)
@@ -499,7 +521,9 @@ def mean_denoising_profile(
 # --------------------------------------------------------------------------------------------
 
 
-def bank_temperature(bank: AttentionBank, gmm: MultiTokenGMM, schedule: NoiseSchedule) -> Tensor:
+def bank_temperature(
+    bank: AttentionBank, gmm: MultiTokenGMM, schedule: NoiseSchedule
+) -> Tensor:
     """``τ_t = α_t s_t²`` per timestep (float64, (T,)), α_t the P-coefficient of the
     symmetric part of the bank's ``W_KQ[t]`` (:func:`mtgmm.theory.reduced_coordinates`)."""
     _check_banks({"bank": bank}, schedule)
@@ -604,10 +628,15 @@ def tempered_profile(
     construction, readout = [], []
     for j, tau in enumerate(torch.as_tensor(temperatures).tolist()):
         generator = torch.Generator().manual_seed(seed + j)
-        construction.append(tempered_limit_excess(gmm, alpha_bar, tau, n_samples, generator))
-        readout.append(limit_readout_excess(gmm, alpha_bar, tau * p / s2, n_samples, generator))
+        construction.append(
+            tempered_limit_excess(gmm, alpha_bar, tau, n_samples, generator)
+        )
+        readout.append(
+            limit_readout_excess(gmm, alpha_bar, tau * p / s2, n_samples, generator)
+        )
     return tuple(
-        Estimate(*torch.tensor(rows, dtype=torch.float64).T) for rows in (construction, readout)
+        Estimate(*torch.tensor(rows, dtype=torch.float64).T)
+        for rows in (construction, readout)
     )
 
 

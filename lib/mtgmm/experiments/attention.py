@@ -12,10 +12,17 @@ from ..best import readout_fit
 from ..mixture import MultiTokenGMM, add_noise
 from ..objective import noisy_batch
 from ..runtime import by_preset
-from ..theory import attention_fluctuation, attention_limit, effective_sample_size, ess_fraction
+from ..theory import (
+    attention_fluctuation,
+    attention_limit,
+    effective_sample_size,
+    ess_fraction,
+)
 
 
-def _marginal(gmm: MultiTokenGMM, alpha_bar: float, shape: tuple[int, ...], generator) -> Tensor:
+def _marginal(
+    gmm: MultiTokenGMM, alpha_bar: float, shape: tuple[int, ...], generator
+) -> Tensor:
     """Noisy tokens of the given leading ``shape`` drawn i.i.d. from the step marginal."""
     x0, _ = gmm.sample(int(torch.tensor(shape).prod()), 1, generator=generator)
     x, _ = add_noise(x0[:, 0], alpha_bar, generator=generator)
@@ -51,7 +58,9 @@ def limit_convergence(
     g = gmm.to(dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     token_counts = (
-        token_counts if token_counts is not None else 2 ** torch.arange(4, by_preset(15, 18))
+        token_counts
+        if token_counts is not None
+        else 2 ** torch.arange(4, by_preset(15, 18))
     )
     n_repeats = n_repeats or by_preset(24, 96)
     s2 = g.noise_variance(alpha_bar).item()
@@ -113,7 +122,9 @@ def ess_profile(
 ) -> EssProfile:
     """ESS/L of the rows of softmax(X W_KQ Xᵀ), W_KQ = c P, for c s² over ``temperatures``."""
     g = gmm.to(dtype=torch.float64)
-    temperatures = temperatures if temperatures is not None else torch.linspace(0.0, 1.0, 11)
+    temperatures = (
+        temperatures if temperatures is not None else torch.linspace(0.0, 1.0, 11)
+    )
     n_tokens = n_tokens or by_preset(2048, 8192)
     generator = torch.Generator().manual_seed(seed)
     x_t, _ = noisy_batch(g, alpha_bar, n_sequences, n_tokens, generator)
@@ -122,12 +133,18 @@ def ess_profile(
     measured, measured_se, closed = [], [], []
     for temperature in temperatures.tolist():
         w_kq = (temperature / s2) * p
-        per_sequence = effective_sample_size(attention_weights(x_t, w_kq)).mean(-1) / n_tokens
+        per_sequence = (
+            effective_sample_size(attention_weights(x_t, w_kq)).mean(-1) / n_tokens
+        )
         measured.append(per_sequence.mean())
         measured_se.append(per_sequence.std() / n_sequences**0.5)
         closed.append(ess_fraction(g, alpha_bar, x_t @ w_kq).mean())
     return EssProfile(
-        temperatures, n_tokens, torch.stack(measured), torch.stack(measured_se), torch.stack(closed)
+        temperatures,
+        n_tokens,
+        torch.stack(measured),
+        torch.stack(measured_se),
+        torch.stack(closed),
     )
 
 
@@ -158,7 +175,10 @@ def temperature_tradeoff(
         temperatures
         if temperatures is not None
         else torch.tensor(
-            by_preset((0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0), tuple(x / 40 for x in range(41))),
+            by_preset(
+                (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
+                tuple(x / 40 for x in range(41)),
+            ),
             dtype=torch.float64,
         )
     )

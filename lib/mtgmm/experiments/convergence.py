@@ -38,13 +38,17 @@ def _rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def start_temperature(gmm: MultiTokenGMM, alpha_bar: float, init_scale: float = 2.0) -> float:
+def start_temperature(
+    gmm: MultiTokenGMM, alpha_bar: float, init_scale: float = 2.0
+) -> float:
     """The temperature ``τ0 = init_scale · s² / E‖x‖²`` of the default start
     ``W_KQ = init_scale · I / m̂`` of :func:`mtgmm.train` (m̂ the mean squared token norm, here
     its population value ``E‖x‖² = ᾱ Σ_k π_k ‖μ_k‖² + d s²``): the P coefficient of W_KQ
     times s²."""
     s2 = gmm.noise_variance(alpha_bar).item()
-    mean_sq = alpha_bar * (gmm.weights * (gmm.means**2).sum(-1)).sum().item() + gmm.dim * s2
+    mean_sq = (
+        alpha_bar * (gmm.weights * (gmm.means**2).sum(-1)).sum().item() + gmm.dim * s2
+    )
     return init_scale * s2 / mean_sq
 
 
@@ -112,7 +116,9 @@ def hessian_spectrum(
     """Eigenvalues (ascending) of the readout Hessian in the orthonormal symmetric coordinates
     (:func:`mtgmm.theory.readout_hessian`) on ``n_repeats`` independent samples: mean and
     standard error over the samples, each of shape (2m,)."""
-    n_sequences = n_sequences or by_preset(max(16, 2**12 // n_tokens), max(64, 2**15 // n_tokens))
+    n_sequences = n_sequences or by_preset(
+        max(16, 2**12 // n_tokens), max(64, 2**15 // n_tokens)
+    )
     g64 = gmm.to(dtype=torch.float64)
     basis = SymmetricBasis(g64)
     generator = _rng(seed)
@@ -140,7 +146,12 @@ class ReadoutDescent:
     def predicted_steps(self, excess0: float, target: float) -> int:
         """:func:`mtgmm.theory.gd_iterations` (quadratic) with this run's constants."""
         return gd_iterations(
-            excess0, target, self.smoothness, self.strong_convexity, self.step, quadratic=True
+            excess0,
+            target,
+            self.smoothness,
+            self.strong_convexity,
+            self.step,
+            quadratic=True,
         )
 
     def measured_steps(self, target: float) -> int:
@@ -155,7 +166,9 @@ class ReadoutDescent:
         tail = self.gap[len(self.gap) // 2 :]
         steps = np.arange(len(tail))[tail > floor * self.gap[0]]
         if len(steps) < 2:
-            raise ValueError("the gap reaches roundoff before the second half: run fewer steps")
+            raise ValueError(
+                "the gap reaches roundoff before the second half: run fewer steps"
+            )
         return float(np.exp(np.polyfit(steps, np.log(tail[steps]), 1)[0]))
 
 
@@ -176,7 +189,9 @@ def readout_descent(
     eigenvalues from :func:`mtgmm.theory.readout_hessian` (lemma *convexity of the
     readout*)."""
     n_steps = by_preset(1500, 4000) if n_steps is None else n_steps
-    n_sequences = n_sequences or by_preset(max(16, 2**13 // n_tokens), max(64, 2**16 // n_tokens))
+    n_sequences = n_sequences or by_preset(
+        max(16, 2**13 // n_tokens), max(64, 2**16 // n_tokens)
+    )
     g64 = gmm.to(dtype=torch.float64)
     x_t, eps = noisy_batch(g64, alpha_bar, n_sequences, n_tokens, _rng(seed))
     w_kq = w_kq.to(torch.float64)
@@ -186,7 +201,9 @@ def readout_descent(
     step = step_scale / eigs[-1].item()
     attended = attend(x_t, w_kq, torch.eye(gmm.dim, dtype=torch.float64))
     # the layer's output is F θ with F the features (x E_a, A X E_a), one row per output entry
-    feats = torch.cat([torch.einsum("nld,mde->nlem", v, e) for v in (x_t, attended)], -1)
+    feats = torch.cat(
+        [torch.einsum("nld,mde->nlem", v, e) for v in (x_t, attended)], -1
+    )
     feats, target = feats.reshape(-1, 2 * m), eps.reshape(-1)
     n_tokens_total = x_t.shape[0] * x_t.shape[1]
     gram, cross = feats.T @ feats / n_tokens_total, feats.T @ target / n_tokens_total
@@ -208,7 +225,9 @@ def readout_descent(
             theta -= step * grad
     w_s, w_v = (torch.einsum("m,mij->ij", part, e) for part in theta.detach().split(m))
     coefficients = SymmetricBasis(g64).coordinates(torch.stack([w_kq, w_v, w_s]))
-    return ReadoutDescent(np.array(gaps), step, eigs[-1].item(), eigs[0].item(), coefficients)
+    return ReadoutDescent(
+        np.array(gaps), step, eigs[-1].item(), eigs[0].item(), coefficients
+    )
 
 
 # -------------------------------------------------------------- the temperature landscape
@@ -247,11 +266,14 @@ def landscape(
     temperatures = temperatures or tuple(
         np.round(np.linspace(-0.2, 0.6, by_preset(17, 33)), 3).tolist()
     )
-    n_sequences = n_sequences or by_preset(max(32, 2**13 // n_tokens), max(64, 2**16 // n_tokens))
+    n_sequences = n_sequences or by_preset(
+        max(32, 2**13 // n_tokens), max(64, 2**16 // n_tokens)
+    )
     profile = Profile(gmm, alpha_bar, n_tokens, n_sequences, _rng(seed))
     values, slopes = profile.scan(temperatures)
     stderr = [
-        (v := profile.per_sequence(t)).std().item() / np.sqrt(v.numel()) for t in temperatures
+        (v := profile.per_sequence(t)).std().item() / np.sqrt(v.numel())
+        for t in temperatures
     ]
     tau_star, value_star = profile.minimum(temperatures)
     tau0 = start_temperature(gmm, alpha_bar)
@@ -316,7 +338,9 @@ def temperature_descent(
     """Measure the constants on the profile, run gradient descent with step 1/S until the
     gap is below the smallest target, and count steps (lemma *the temperature landscape* and
     the theorem's iteration count)."""
-    n_sequences = n_sequences or by_preset(max(32, 2**13 // n_tokens), max(64, 2**16 // n_tokens))
+    n_sequences = n_sequences or by_preset(
+        max(32, 2**13 // n_tokens), max(64, 2**16 // n_tokens)
+    )
     n_grid = n_grid or by_preset(17, 65)
     profile = Profile(gmm, alpha_bar, n_tokens, n_sequences, _rng(seed))
     tau0 = start_temperature(gmm, alpha_bar)
@@ -333,7 +357,9 @@ def temperature_descent(
         tau -= step * slope
     gaps = np.array(gaps)
     distance = abs(tau0 - tau_star)
-    predicted = [temperature_iterations(distance, t, smoothness, secant, step) for t in targets]
+    predicted = [
+        temperature_iterations(distance, t, smoothness, secant, step) for t in targets
+    ]
     measured = [int(np.argmax(gaps <= t)) if (gaps <= t).any() else -1 for t in targets]
     return TemperatureDescent(
         np.array(taus),
@@ -383,7 +409,8 @@ def token_gap_check(
     counts = torch.tensor(token_counts, dtype=torch.float64)
     slope_se = expansion.covariance[1:, 1:].sum().clamp_min(0).sqrt().item()
     measured = [
-        measured_token_gap(weights, gmm, alpha_bar, n, n_sequences, generator) for n in token_counts
+        measured_token_gap(weights, gmm, alpha_bar, n, n_sequences, generator)
+        for n in token_counts
     ]
     return TokenGapCheck(
         np.array(token_counts),

@@ -51,7 +51,9 @@ def best_grid(
     (P-coefficient of W_KQ times s²), the (3, 3) coordinates, and the Bayes risk of each
     row with its standard error."""
     shape = (len(cases), len(token_counts))
-    excess, stderr, temperature = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+    excess, stderr, temperature = (
+        torch.zeros(shape, dtype=torch.float64) for _ in range(3)
+    )
     coefficients = torch.zeros(*shape, 3, 3, dtype=torch.float64)
     bayes, bayes_se = (torch.zeros(shape[0], dtype=torch.float64) for _ in range(2))
     grid = [(i, j) for i in range(shape[0]) for j in range(shape[1])]
@@ -60,7 +62,9 @@ def best_grid(
         result = fit(gmm, alpha_bar, token_counts[j], seed + 1000 * i + j)
         excess[i, j], stderr[i, j] = result.excess, result.stderr
         coefficients[i, j] = result.coefficients
-        temperature[i, j] = result.coefficients[0, 0] * gmm.noise_variance(alpha_bar).item()
+        temperature[i, j] = (
+            result.coefficients[0, 0] * gmm.noise_variance(alpha_bar).item()
+        )
         bayes[i], bayes_se[i] = result.bayes_risk, result.bayes_risk_stderr
     return excess, stderr, temperature, coefficients, bayes, bayes_se
 
@@ -106,10 +110,14 @@ def gap_map(
     alpha_bars = alpha_bars or by_preset(
         (0.95, 0.9, 0.7, 0.5, 0.3, 0.1), tuple(x / 20 for x in range(19, 0, -1))
     )
-    token_counts = token_counts or by_preset((8, 32, 128), (8, 16, 32, 64, 128, 256, 512, 1024))
+    token_counts = token_counts or by_preset(
+        (8, 32, 128), (8, 16, 32, 64, 128, 256, 512, 1024)
+    )
     budget = by_preset(2**15, 2**17)
 
-    def fit(mixture: MultiTokenGMM, alpha_bar: float, n_tokens: int, seed: int) -> BestInClass:
+    def fit(
+        mixture: MultiTokenGMM, alpha_bar: float, n_tokens: int, seed: int
+    ) -> BestInClass:
         return best_in_class(
             mixture,
             alpha_bar,

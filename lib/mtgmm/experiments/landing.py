@@ -56,9 +56,13 @@ def main_result(
 ) -> MainResult:
     """Train at each L of ``token_counts`` (quick: 32, 64, 128, 256; full: up to 1024) and
     evaluate the three models on fresh sequences; ``map_tokens`` must be one of the L."""
-    token_counts = token_counts or by_preset((32, 64, 128, 256), (32, 64, 128, 256, 512, 1024))
+    token_counts = token_counts or by_preset(
+        (32, 64, 128, 256), (32, 64, 128, 256, 512, 1024)
+    )
     if map_tokens not in token_counts:
-        raise ValueError(f"map_tokens must be one of token_counts {token_counts}, got {map_tokens}")
+        raise ValueError(
+            f"map_tokens must be one of token_counts {token_counts}, got {map_tokens}"
+        )
     steps, batch, n_eval = by_preset(250, 600), by_preset(16, 64), by_preset(128, 1024)
     rows, attention, labels = [], None, None
     for i, n_tokens in enumerate(tqdm(token_counts, desc="L", disable=not progress)):
@@ -74,9 +78,16 @@ def main_result(
             batch_size=batch,
             n_eval_sequences=n_eval,
         )
-        construction = AttentionDenoiser.from_weights(*mean_denoising_weights(gmm, alpha_bar))
+        construction = AttentionDenoiser.from_weights(
+            *mean_denoising_weights(gmm, alpha_bar)
+        )
         _, uniform, uniform_se = readout_fit(
-            gmm, alpha_bar, n_tokens, torch.zeros(3), generator=generator, n_eval_sequences=n_eval
+            gmm,
+            alpha_bar,
+            n_tokens,
+            torch.zeros(3),
+            generator=generator,
+            n_eval_sequences=n_eval,
         )
         rows.append(
             (
@@ -98,4 +109,6 @@ def main_result(
         gmm, alpha_bar, by_preset(50_000, 200_000), torch.Generator().manual_seed(seed)
     )
     columns = np.array(rows).T
-    return MainResult(alpha_bar, np.array(token_counts), *columns, risk, risk_se, attention, labels)
+    return MainResult(
+        alpha_bar, np.array(token_counts), *columns, risk, risk_se, attention, labels
+    )

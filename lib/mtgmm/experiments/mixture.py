@@ -40,18 +40,28 @@ def bayes_risk_curves(
     and within-cluster spread σ0, at ``n_points`` evenly spaced timesteps."""
     n_points = n_points or by_preset(40, 200)
     n_samples = n_samples or by_preset(50_000, 400_000)
-    timesteps = torch.linspace(0, schedule.n_steps - 1, n_points).round().long().unique()
+    timesteps = (
+        torch.linspace(0, schedule.n_steps - 1, n_points).round().long().unique()
+    )
     alpha_bar = schedule.alpha_bar_at(timesteps)
     curves = []
     for sigma0 in sigmas:
         for radius in radii:
-            gmm = MultiTokenGMM.orthogonal(n_clusters, dim, radius, sigma0=sigma0, seed=seed)
+            gmm = MultiTokenGMM.orthogonal(
+                n_clusters, dim, radius, sigma0=sigma0, seed=seed
+            )
             generator = torch.Generator().manual_seed(seed)
             est = bayes_risk_estimates(gmm, alpha_bar, n_samples, generator=generator)
             label = f"r = {radius:g}, σ0 = {sigma0:g}"
             curves.append(
                 RiskCurve(
-                    label, radius, sigma0, timesteps, alpha_bar, est.estimate, est.combined_stderr
+                    label,
+                    radius,
+                    sigma0,
+                    timesteps,
+                    alpha_bar,
+                    est.estimate,
+                    est.combined_stderr,
                 )
             )
     return curves

@@ -15,7 +15,12 @@ import torch
 from torch import Tensor
 
 from ..attention import WEIGHT_NAMES, AttentionBank, SymmetricBasis
-from ..metrics import SampleSummary, cluster_assignments, cluster_statistics, summarize_samples
+from ..metrics import (
+    SampleSummary,
+    cluster_assignments,
+    cluster_statistics,
+    summarize_samples,
+)
 from ..mixture import MultiTokenGMM
 from ..oracle import bayes_risk_estimates
 from ..runtime import by_preset, pick_device
@@ -62,7 +67,9 @@ class DiscretisationSweep:
     n_tokens: int
 
 
-def _spread_and_error(samples: Tensor, gmm: MultiTokenGMM) -> tuple[float, float, float, float]:
+def _spread_and_error(
+    samples: Tensor, gmm: MultiTokenGMM
+) -> tuple[float, float, float, float]:
     """(mean spread, its standard error, RMS mean error, RMS floor) of ``samples``."""
     stats = cluster_statistics(samples, gmm)
     k = stats.spread.numel()
@@ -86,10 +93,14 @@ def discretisation_sweep(
     within-cluster spread and the cluster means of the samples (see
     :class:`DiscretisationSweep`). The oracle acts token by token, so ``n_tokens`` only
     groups tokens into sequences for the error bars."""
-    n_steps = n_steps or by_preset((10, 20, 50, 100, 1000), (10, 20, 50, 100, 200, 500, 1000))
+    n_steps = n_steps or by_preset(
+        (10, 20, 50, 100, 1000), (10, 20, 50, 100, 200, 500, 1000)
+    )
     n_sequences = n_sequences or by_preset(1024, 8192)
     shape = (len(variances), len(n_steps))
-    spread, spread_se, error, floor = (torch.zeros(shape, dtype=torch.float64) for _ in range(4))
+    spread, spread_se, error, floor = (
+        torch.zeros(shape, dtype=torch.float64) for _ in range(4)
+    )
     for v, variance in enumerate(variances):
         for i, steps in enumerate(n_steps):
             schedule = NoiseSchedule.cosine(steps)
@@ -102,8 +113,12 @@ def discretisation_sweep(
                 generator=torch.Generator().manual_seed(seed + 100 * v + i),
                 progress=False,
             )
-            spread[v, i], spread_se[v, i], error[v, i], floor[v, i] = _spread_and_error(x, gmm)
-    exact, _ = gmm.sample(n_sequences, n_tokens, generator=torch.Generator().manual_seed(seed - 1))
+            spread[v, i], spread_se[v, i], error[v, i], floor[v, i] = _spread_and_error(
+                x, gmm
+            )
+    exact, _ = gmm.sample(
+        n_sequences, n_tokens, generator=torch.Generator().manual_seed(seed - 1)
+    )
     ref, ref_se, _, _ = _spread_and_error(exact, gmm)
     return DiscretisationSweep(
         n_steps=tuple(n_steps),
@@ -181,7 +196,9 @@ def train_banks(
             batch_size=batch,
             n_eval_sequences=by_preset(256, 1024),
         )
-        trained.append(TrainedBank(n_tokens, bank.requires_grad_(False), history, n_steps, batch))
+        trained.append(
+            TrainedBank(n_tokens, bank.requires_grad_(False), history, n_steps, batch)
+        )
     return trained
 
 
@@ -201,7 +218,9 @@ def kl_weights(schedule: NoiseSchedule, variance: str = "beta") -> Tensor:
     """
     inv_sqrt_alpha, eps_coef, sigma = reverse_coefficients(schedule, variance)
     shift = (inv_sqrt_alpha * eps_coef) ** 2
-    return torch.where(sigma > 0, shift / (2 * torch.where(sigma > 0, sigma, 1) ** 2), 0.0)
+    return torch.where(
+        sigma > 0, shift / (2 * torch.where(sigma > 0, sigma, 1) ** 2), 0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -252,7 +271,10 @@ def risk_profile(
         [torch.as_tensor(tb.history.excess, dtype=torch.float64) for tb in trained]
     )
     stderr = torch.stack(
-        [torch.as_tensor(tb.history.excess_stderr, dtype=torch.float64) for tb in trained]
+        [
+            torch.as_tensor(tb.history.excess_stderr, dtype=torch.float64)
+            for tb in trained
+        ]
     )
     inv_sqrt_alpha, eps_coef, _ = reverse_coefficients(schedule)
     return RiskProfile(
@@ -301,7 +323,9 @@ def dispersion(samples: Tensor, gmm: MultiTokenGMM) -> Dispersion:
         raise ValueError("samples must have shape (n, L, d) with n >= 3 sequences")
     n, n_tokens = samples.shape[:2]
     labels = cluster_assignments(samples, gmm)
-    counts = torch.nn.functional.one_hot(labels, gmm.n_clusters).sum(1).to(torch.float64)
+    counts = (
+        torch.nn.functional.one_hot(labels, gmm.n_clusters).sum(1).to(torch.float64)
+    )
     first, second = counts.sum(0), (counts**2).sum(0)
     replicates = _dispersion_index(first - counts, second - counts**2, n - 1, n_tokens)
     spread = ((replicates - replicates.mean()) ** 2).sum()
@@ -350,7 +374,9 @@ def compare_samplers(
     for name, eps_fn, n_tokens in samplers:
         n = max(3, n_total // n_tokens)
         if eps_fn is None:
-            x, _ = gmm.sample(n, n_tokens, generator=torch.Generator().manual_seed(seed))
+            x, _ = gmm.sample(
+                n, n_tokens, generator=torch.Generator().manual_seed(seed)
+            )
         else:
             x = _sample(eps_fn, gmm, schedule, n, n_tokens, seed)
         x = x.cpu()
@@ -375,10 +401,19 @@ def _sample(
     bank or a :class:`HybridPredictor`, the CPU otherwise)."""
     if device is None:
         bank = eps_fn.bank if isinstance(eps_fn, HybridPredictor) else eps_fn
-        device = bank.W_S.device if isinstance(bank, AttentionBank) else torch.device("cpu")
+        device = (
+            bank.W_S.device if isinstance(bank, AttentionBank) else torch.device("cpu")
+        )
     generator = torch.Generator(device=device).manual_seed(seed)
     return ddpm_sample(
-        eps_fn, schedule, n, n_tokens, dim=gmm.dim, generator=generator, progress=False, **kwargs
+        eps_fn,
+        schedule,
+        n,
+        n_tokens,
+        dim=gmm.dim,
+        generator=generator,
+        progress=False,
+        **kwargs,
     )
 
 
@@ -397,7 +432,9 @@ def _kmeans(
     best_sse = torch.full((n,), float("inf"), dtype=x.dtype)
     best = x.new_zeros(n, k, d)
     for _ in range(n_restarts):
-        start = torch.rand(n, n_tokens, generator=generator, dtype=x.dtype).argsort(-1)[:, :k]
+        start = torch.rand(n, n_tokens, generator=generator, dtype=x.dtype).argsort(-1)[
+            :, :k
+        ]
         centres = x.gather(1, start[..., None].expand(n, k, d))
         for _ in range(n_iter + 1):
             labels = torch.cdist(x, centres).argmin(-1)
@@ -405,7 +442,9 @@ def _kmeans(
             counts = one_hot.sum(1)[..., None]
             sums = one_hot.transpose(1, 2) @ x
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-        sse = ((x - centres.gather(1, labels[..., None].expand(n, n_tokens, d))) ** 2).sum((1, 2))
+        sse = (
+            (x - centres.gather(1, labels[..., None].expand(n, n_tokens, d))) ** 2
+        ).sum((1, 2))
         better = sse < best_sse
         best_sse = torch.where(better, sse, best_sse)
         best = torch.where(better[:, None, None], centres, best)
@@ -439,7 +478,11 @@ class SequenceShape:
 def sequence_shape(samples: Tensor, gmm: MultiTokenGMM, seed: int = 0) -> SequenceShape:
     """Fit K centres to every sequence of ``samples`` ``(n, L, d)`` separately and
     summarise the fits (see :class:`SequenceShape`). Meaningful when L is several times K."""
-    if samples.ndim != 3 or samples.shape[0] < 2 or samples.shape[1] < 2 * gmm.n_clusters:
+    if (
+        samples.ndim != 3
+        or samples.shape[0] < 2
+        or samples.shape[1] < 2 * gmm.n_clusters
+    ):
         raise ValueError("samples must have shape (n, L, d) with n >= 2 and L >= 2K")
     x = samples.detach().cpu().to(torch.float64)
     k = gmm.n_clusters
@@ -456,11 +499,15 @@ def sequence_shape(samples: Tensor, gmm: MultiTokenGMM, seed: int = 0) -> Sequen
         centre_distance=summary(pairs[:, off_diagonal].mean(-1)),
         spread=summary((sse / (x.shape[1] * x.shape[2])).sqrt()),
         offset=summary((to_means.min(-1).values ** 2).mean(-1).sqrt()),
-        centroid=summary((x.mean(1) - gmm.weights.to(x) @ gmm.means.to(x)).norm(dim=-1)),
+        centroid=summary(
+            (x.mean(1) - gmm.weights.to(x) @ gmm.means.to(x)).norm(dim=-1)
+        ),
     )
 
 
-def symmetry_rotations(gmm: MultiTokenGMM, n: int, generator: torch.Generator) -> Tensor:
+def symmetry_rotations(
+    gmm: MultiTokenGMM, n: int, generator: torch.Generator
+) -> Tensor:
     """``n`` random orthogonal d × d maps g, float64 ``(n, d, d)``, that commute with P and J:
     Haar-random on the span of the means orthogonal to Σ_k μ_k, the identity elsewhere.
     Every matrix α P + β P⊥ + γ J commutes with them."""
@@ -469,7 +516,9 @@ def symmetry_rotations(gmm: MultiTokenGMM, n: int, generator: torch.Generator) -
     eigenvalues, vectors = torch.linalg.eigh(p - j)
     basis = vectors[:, eigenvalues > 0.5]  # (d, m): orthonormal basis of span ∩ J⊥
     m = basis.shape[1]
-    q, r = torch.linalg.qr(torch.randn(n, m, m, generator=generator, dtype=torch.float64))
+    q, r = torch.linalg.qr(
+        torch.randn(n, m, m, generator=generator, dtype=torch.float64)
+    )
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]  # Haar on O(m)
     eye = torch.eye(gmm.dim, dtype=torch.float64)
     return eye + basis @ (q - torch.eye(m, dtype=torch.float64)) @ basis.T
@@ -485,7 +534,9 @@ def symmetry_defect(bank: AttentionBank, gmm: MultiTokenGMM) -> Tensor:
     for name in WEIGHT_NAMES:
         w = getattr(bank, name).detach().cpu().to(torch.float64)
         norm = w.norm()
-        rows.append((w - basis.project(w)).norm() / norm if norm > 0 else w.new_zeros(()))
+        rows.append(
+            (w - basis.project(w)).norm() / norm if norm > 0 else w.new_zeros(())
+        )
     return torch.stack(rows)
 
 
@@ -507,7 +558,11 @@ class HybridPredictor:
     of a call must share its timestep, as in the sampler)."""
 
     def __init__(
-        self, bank: AttentionBank, gmm: MultiTokenGMM, schedule: NoiseSchedule, use_bank: Tensor
+        self,
+        bank: AttentionBank,
+        gmm: MultiTokenGMM,
+        schedule: NoiseSchedule,
+        use_bank: Tensor,
     ) -> None:
         if use_bank.shape != (schedule.n_steps,):
             raise ValueError(f"use_bank must have shape (T,) = ({schedule.n_steps},)")
@@ -550,11 +605,15 @@ def window_ablation(
     elsewhere), from the same seed as the pure samplers."""
     n_total = n_total or sample_budget()
     n_steps, n_tokens = schedule.n_steps, trained.n_tokens
-    parts = torch.arange(n_steps).tensor_split(n_windows)  # as equal as possible, in order
+    parts = torch.arange(n_steps).tensor_split(
+        n_windows
+    )  # as equal as possible, in order
     windows = tuple((int(part[0]), int(part[-1])) for part in parts)
     masks = [torch.zeros(n_steps, dtype=torch.bool)]
     names = ["oracle everywhere"]
-    for first, last in reversed(windows):  # from the noisy end, the order the sampler runs
+    for first, last in reversed(
+        windows
+    ):  # from the noisy end, the order the sampler runs
         mask = torch.zeros(n_steps, dtype=torch.bool)
         mask[first : last + 1] = True
         masks.append(mask)
@@ -613,10 +672,18 @@ def path_excess(
         per_step = []
         for state, step in zip(states[:-1], steps[:-1].tolist(), strict=True):
             t = torch.full((n,), step - 1, dtype=torch.long, device=device)
-            gap = ((bank(state, t) - oracle(state, t)) ** 2).sum(-1).mean(-1).double().cpu()
+            gap = (
+                ((bank(state, t) - oracle(state, t)) ** 2)
+                .sum(-1)
+                .mean(-1)
+                .double()
+                .cpu()
+            )
             per_step.append(torch.stack([gap.mean(), gap.std() / n**0.5]))
         rows.append(torch.stack(per_step).flip(0))  # index = timestep t = step − 1
-    return PathExcess(n_tokens, rows[0][:, 0], rows[0][:, 1], rows[1][:, 0], rows[1][:, 1])
+    return PathExcess(
+        n_tokens, rows[0][:, 0], rows[0][:, 1], rows[1][:, 0], rows[1][:, 1]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,11 +718,20 @@ def reverse_trajectories(
     states, labels, steps = [], [], None
     for eps_fn in predictors.values():
         x, path, steps = _sample(
-            eps_fn, gmm, schedule, 1, n_tokens, seed, return_trajectory=True, trajectory_every=every
+            eps_fn,
+            gmm,
+            schedule,
+            1,
+            n_tokens,
+            seed,
+            return_trajectory=True,
+            trajectory_every=every,
         )
         states.append(path[:, 0].cpu())
         labels.append(cluster_assignments(x[0].cpu(), gmm))
-    return Trajectories(tuple(predictors), steps, torch.stack(states), torch.stack(labels))
+    return Trajectories(
+        tuple(predictors), steps, torch.stack(states), torch.stack(labels)
+    )
 
 
 __all__ = [

@@ -60,7 +60,9 @@ def best_at(
 
 def _fit(mask_self: bool) -> Fit:
     """:func:`best_at` as a :data:`~mtgmm.experiments.gap.Fit`."""
-    return lambda gmm, alpha_bar, n_tokens, seed: best_at(gmm, alpha_bar, n_tokens, seed, mask_self)
+    return lambda gmm, alpha_bar, n_tokens, seed: best_at(
+        gmm, alpha_bar, n_tokens, seed, mask_self
+    )
 
 
 def token_curves(
@@ -76,7 +78,9 @@ def token_curves(
     :func:`sample_sizes`."""
     alpha_bars = alpha_bars or (0.95, 0.9, 0.7, 0.5, 0.1)
     token_counts = token_counts or tuple(2**n for n in range(3, by_preset(10, 12)))
-    return gap_map_of(gmm, alpha_bars, token_counts, _fit(False), seed, progress, "excess vs L")
+    return gap_map_of(
+        gmm, alpha_bars, token_counts, _fit(False), seed, progress, "excess vs L"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,9 @@ class ShapeSweep:
         """The row of shape (K, d)."""
         hits = ((self.n_clusters == n_clusters) & (self.dims == dim)).nonzero()
         if len(hits) == 0:
-            raise ValueError(f"(n_clusters, dim) = ({n_clusters}, {dim}) is not in the sweep")
+            raise ValueError(
+                f"(n_clusters, dim) = ({n_clusters}, {dim}) is not in the sweep"
+            )
         return int(hits[0, 0])
 
 
@@ -109,12 +115,21 @@ def reference_mixture(
 ) -> MultiTokenGMM:
     """K orthogonal means of norm r = 4 in R^d, σ0 = 0.5 (:data:`REFERENCE_SHAPE`), in
     ``dtype`` (default: torch's default dtype)."""
-    return MultiTokenGMM.orthogonal(n_clusters, dim, seed=seed, dtype=dtype, **REFERENCE_SHAPE)
+    return MultiTokenGMM.orthogonal(
+        n_clusters, dim, seed=seed, dtype=dtype, **REFERENCE_SHAPE
+    )
 
 
 def shape_sweep(
     alpha_bar: float = 0.9,
-    shapes: tuple[tuple[int, int], ...] = ((2, 8), (4, 8), (8, 8), (4, 4), (4, 16), (4, 32)),
+    shapes: tuple[tuple[int, int], ...] = (
+        (2, 8),
+        (4, 8),
+        (8, 8),
+        (4, 4),
+        (4, 16),
+        (4, 32),
+    ),
     token_counts: tuple[int, ...] | None = None,
     mask_self: bool = False,
     seed: int = 0,
@@ -165,7 +180,9 @@ class TailFit:
     p_value: float
 
 
-def fit_tail(token_counts, excess, stderr, min_points: int = 3, p_min: float = 0.05) -> TailFit:
+def fit_tail(
+    token_counts, excess, stderr, min_points: int = 3, p_min: float = 0.05
+) -> TailFit:
     """The power law on the longest tail of the curve where a power law is a fair description.
 
     For each tail ``L ≥ L_k`` with at least ``min_points`` points, fit ``log excess`` on
@@ -179,14 +196,19 @@ def fit_tail(token_counts, excess, stderr, min_points: int = 3, p_min: float = 0
     x, y, se = _arrays(token_counts, excess, stderr)
     min_points = positive_int(min_points, "min_points")
     if min_points < 3 or len(x) < min_points:
-        raise ValueError(f"min_points must be >= 3 and <= the number of points {len(x)}")
+        raise ValueError(
+            f"min_points must be >= 3 and <= the number of points {len(x)}"
+        )
     if not 0 < p_min < 1:
         raise ValueError(f"p_min must lie in (0, 1), got {p_min}")
     for start in range(len(x) - min_points + 1):
         fit = fit_power_law(x[start:], y[start:], se[start:])
         dof = len(x) - start - 2
         tail = TailFit(
-            fit, int(x[start]), len(x) - start, float(stats.chi2.sf(fit.chi2_per_dof * dof, dof))
+            fit,
+            int(x[start]),
+            len(x) - start,
+            float(stats.chi2.sf(fit.chi2_per_dof * dof, dof)),
         )
         if tail.p_value >= p_min:
             return tail
@@ -203,7 +225,9 @@ def local_slopes(token_counts, excess) -> np.ndarray:
 # ------------------------------------------------------------------- tokens for a target
 
 
-def tokens_for_target(token_counts, values, stderr, target: float) -> tuple[float, float]:
+def tokens_for_target(
+    token_counts, values, stderr, target: float
+) -> tuple[float, float]:
     """The L at which a decreasing measured curve (``values`` ± ``stderr`` at
     ``token_counts``) first reaches ``target``, with a standard error; ``(nan, nan)`` if the
     curve does not cross it inside the measured range (already below the target at the
@@ -219,7 +243,9 @@ def tokens_for_target(token_counts, values, stderr, target: float) -> tuple[floa
     if not target > 0:
         raise ValueError(f"target must be > 0, got {target}")
     if x.ndim != 1 or x.shape != y.shape or y.shape != se.shape or (y <= 0).any():
-        raise ValueError("token_counts, values, stderr must be 1-D of one length, values > 0")
+        raise ValueError(
+            "token_counts, values, stderr must be 1-D of one length, values > 0"
+        )
     below = np.nonzero(y <= target)[0]
     if len(below) == 0 or below[0] == 0:
         return math.nan, math.nan
@@ -227,5 +253,7 @@ def tokens_for_target(token_counts, values, stderr, target: float) -> tuple[floa
     lx, ly, rel = np.log(x[pair]), np.log(y[pair]), se[pair] / y[pair]
     f = (math.log(target) - ly[0]) / (ly[1] - ly[0])
     value = math.exp(lx[0] + f * (lx[1] - lx[0]))
-    sd = abs((lx[1] - lx[0]) / (ly[1] - ly[0])) * math.hypot((1 - f) * rel[0], f * rel[1])
+    sd = abs((lx[1] - lx[0]) / (ly[1] - ly[0])) * math.hypot(
+        (1 - f) * rel[0], f * rel[1]
+    )
     return value, value * sd

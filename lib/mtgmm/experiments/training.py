@@ -132,7 +132,8 @@ def temperature_profile(
     random numbers (one fitting and one evaluation sample for every c)."""
     n_tokens = n_tokens or setting().n_tokens
     temperatures = temperatures or by_preset(
-        (-0.3, -0.15, -0.05, 0.0, 0.05, 0.15, 0.3), tuple(np.linspace(-0.3, 0.3, 13).tolist())
+        (-0.3, -0.15, -0.05, 0.0, 0.05, 0.15, 0.3),
+        tuple(np.linspace(-0.3, 0.3, 13).tolist()),
     )
     s2 = gmm.noise_variance(alpha_bar).item()
     excess, stderr = [], []
@@ -148,7 +149,9 @@ def temperature_profile(
         )
         excess.append(e)
         stderr.append(se)
-    return TemperatureProfile(np.array(temperatures), np.array(excess), np.array(stderr))
+    return TemperatureProfile(
+        np.array(temperatures), np.array(excess), np.array(stderr)
+    )
 
 
 def symmetric_gradient(
@@ -210,7 +213,9 @@ def equivariance_error(
     largest absolute difference and the largest gradient entry (float64)."""
     gmm64 = gmm.to(dtype=torch.float64)
     q = permutation_isometry(gmm64, permutation)
-    x_t, eps = noisy_batch(gmm64, alpha_bar, 8, n_tokens, torch.Generator().manual_seed(seed))
+    x_t, eps = noisy_batch(
+        gmm64, alpha_bar, 8, n_tokens, torch.Generator().manual_seed(seed)
+    )
     weights = [w.detach().double() for w in model.weights().values()]
 
     def gradients(ws: list[Tensor], x: Tensor, e: Tensor) -> list[Tensor]:
@@ -221,7 +226,9 @@ def equivariance_error(
 
     plain = gradients(weights, x_t, eps)
     moved = gradients([q.T @ w @ q for w in weights], x_t @ q, eps @ q)
-    error = max((m - q.T @ g @ q).abs().max().item() for m, g in zip(moved, plain, strict=True))
+    error = max(
+        (m - q.T @ g @ q).abs().max().item() for m, g in zip(moved, plain, strict=True)
+    )
     return error, max(g.abs().max().item() for g in plain)
 
 
