@@ -42,7 +42,8 @@ help:
 	@echo "make test       lint, unit tests, notebook pairing check, strict nbval, book build,"
 	@echo "                then the site tests (make test-site); TEST_COLAB=1 adds make test-colab"
 	@echo "make test-site  the built book in headless Chromium (math, figures, boxes, links,"
-	@echo "                launch buttons; screenshots in _build/screenshots) and the student edition"
+	@echo "                launch buttons, phone navigation, solution taps, equation, table, code and"
+	@echo "                figure sizes; screenshots in _build/screenshots) and the student edition"
 	@echo "make student    the student edition (no solutions) into _build/student/html, checked"
 	@echo "make test-colab each chapter notebook run as in Colab, installing from this checkout"
 	@echo "make site-url   print the address the book is published at (GitHub Pages)"
@@ -115,7 +116,8 @@ $(SITE_NODE): tools/site/package.json tools/site/package-lock.json
 test-site: site-deps
 	CHROMIUM="$$(test -x "$(CHROMIUM)" && echo "$(CHROMIUM)" || command -v chromium)" \
 		$(SITE_PYTEST) tests/site/test_built_html.py \
-		tests/site/test_browser.py tests/site/test_student.py
+		tests/site/test_browser.py tests/site/test_reader.py \
+		tests/site/test_student.py
 	@echo "Screenshots of every page: $(abspath _build/screenshots)"
 
 student: bootstrap

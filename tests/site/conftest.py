@@ -23,9 +23,13 @@ from helpers import (
     CHROMIUM_ARGS,
     HTML,
     MATHJAX,
+    MATHJAX_CDN,
+    PHONE,
     ROOT,
     SCREENSHOTS,
     STUDENT_HTML,
+    TIMEOUT_MS,
+    VIEWPORT,
     build,
     is_fresh,
 )
@@ -92,3 +96,46 @@ def screenshots() -> Path:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     return SCREENSHOTS
+
+
+@pytest.fixture
+def page_of(browser, server):
+    """Open a page of the served book; yields the function ``open(docname, phone=False)``.
+
+    It returns (page, list of script errors). The MathJax that the pages load from their CDN is
+    answered from the local npm copy; every other request off this machine is refused. With
+    ``phone=True`` the page is opened 390 px wide with touch (``page.tap`` works).
+    """
+    contexts = []
+
+    def route(route):
+        url = route.request.url
+        if url.startswith(server):
+            return route.continue_()
+        if url.startswith(MATHJAX_CDN):
+            rel = url[len(MATHJAX_CDN) :].split("?")[0].split("#")[0]
+            path = (MATHJAX / rel).resolve()
+            if path.is_file() and MATHJAX.resolve() in path.parents:
+                return route.fulfill(path=str(path))
+            return route.fulfill(status=404, body=f"not in the local MathJax: {rel}")
+        return route.abort()  # nothing else off this machine: the test needs no network
+
+    def open_page(docname: str, phone: bool = False, hash: str = ""):  # noqa: A002
+        if phone:
+            context = browser.new_context(
+                viewport=PHONE, has_touch=True, is_mobile=True, device_scale_factor=2
+            )
+        else:
+            context = browser.new_context(viewport=VIEWPORT)
+        contexts.append(context)
+        context.route("**/*", route)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{server}{docname}.html{hash}", wait_until="load")
+        return page, errors
+
+    yield open_page
+    for context in contexts:
+        context.close()

@@ -29,6 +29,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# The two screens the page tests use: a laptop, and a phone (touch, 390 CSS px wide).
+VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 30_000
 # Pages that Sphinx and its extensions generate besides the documents of _toc.yml.
 GENERATED_PAGES = ["genindex", "search", "py-modindex", "prf-prf"]
 
@@ -79,6 +83,7 @@ def config() -> dict:
 def _newest_input() -> float:
     files = [ROOT / "_config.yml", ROOT / "_toc.yml", ROOT / "tools" / "build_book.py"]
     files += [p for p in (ROOT / "book").rglob("*") if p.is_file()]
+    files += [p for p in (ROOT / "_static").rglob("*") if p.is_file()]  # the site's js, css
     files += list((ROOT / "lib").rglob("*.py"))  # the API page documents the package
     return max(p.stat().st_mtime for p in files if ".ipynb_checkpoints" not in p.parts)
 
@@ -98,3 +103,40 @@ def build(cmd: list[str]) -> None:
         raise RuntimeError(
             f"{' '.join(cmd)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
         )
+
+
+WAIT_FOR_MATHJAX = """
+async (timeout) => {
+  const math = [...document.querySelectorAll('.math')];
+  if (!math.length) return {math: 0};
+  const t0 = Date.now();
+  while (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) {
+    if (Date.now() - t0 > timeout) return {math: math.length, loaded: false};
+    await new Promise(r => setTimeout(r, 50));
+  }
+  await MathJax.startup.promise;
+  const items = [...MathJax.startup.document.math];
+  const errors = items
+    .filter(m => /<merror|mathcolor="red"/.test(MathJax.startup.toMML(m.root)))
+    .map(m => m.math);
+  const untypeset = math
+    .filter(el => !el.querySelector('mjx-container'))
+    .map(el => el.textContent.slice(0, 100));
+  return {math: math.length, loaded: true, items: items.length, errors, untypeset};
+}
+"""
+
+WAIT_FOR_IMAGES = """
+async (timeout) => {
+  const images = [...document.images];
+  images.forEach(img => { img.loading = 'eager'; });
+  const settle = img => img.complete ? null : new Promise(r => {
+    img.addEventListener('load', r); img.addEventListener('error', r);
+  });
+  await Promise.race([
+    Promise.all(images.map(settle)),
+    new Promise(r => setTimeout(r, timeout)),
+  ]);
+  return images.map(img => ({src: img.getAttribute('src'), width: img.naturalWidth}));
+}
+"""

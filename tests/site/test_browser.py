@@ -18,16 +18,16 @@ from collections import Counter
 import pytest
 from helpers import (
     GENERATED_PAGES,
-    MATHJAX,
-    MATHJAX_CDN,
+    TIMEOUT_MS,
+    VIEWPORT,
+    WAIT_FOR_IMAGES,
+    WAIT_FOR_MATHJAX,
     is_chapter,
     source_of,
     toc_docnames,
 )
 
 PAGES = toc_docnames() + GENERATED_PAGES
-VIEWPORT = {"width": 1280, "height": 900}
-TIMEOUT_MS = 30_000
 DIRECTIVE = re.compile(
     r"^\s*(?:`{3,}|:{3,})\{(prf:[a-z]+|exercise(?:-start)?|solution(?:-start)?)\}"
 )
@@ -42,27 +42,6 @@ RAW_TEX = [
     (re.compile(r"\$\s*\\[A-Za-z]+"), "$\\macro"),
 ]
 
-WAIT_FOR_MATHJAX = """
-async (timeout) => {
-  const math = [...document.querySelectorAll('.math')];
-  if (!math.length) return {math: 0};
-  const t0 = Date.now();
-  while (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) {
-    if (Date.now() - t0 > timeout) return {math: math.length, loaded: false};
-    await new Promise(r => setTimeout(r, 50));
-  }
-  await MathJax.startup.promise;
-  const items = [...MathJax.startup.document.math];
-  const errors = items
-    .filter(m => /<merror|mathcolor="red"/.test(MathJax.startup.toMML(m.root)))
-    .map(m => m.math);
-  const untypeset = math
-    .filter(el => !el.querySelector('mjx-container'))
-    .map(el => el.textContent.slice(0, 100));
-  return {math: math.length, loaded: true, items: items.length, errors, untypeset};
-}
-"""
-
 VISIBLE_TEXT = """
 () => {
   const root = document.querySelector('main') || document.body;
@@ -70,21 +49,6 @@ VISIBLE_TEXT = """
   clone.querySelectorAll('pre, code, script, style, textarea, mjx-container, .highlight')
     .forEach(el => el.remove());
   return clone.textContent;
-}
-"""
-
-WAIT_FOR_IMAGES = """
-async (timeout) => {
-  const images = [...document.images];
-  images.forEach(img => { img.loading = 'eager'; });
-  const settle = img => img.complete ? null : new Promise(r => {
-    img.addEventListener('load', r); img.addEventListener('error', r);
-  });
-  await Promise.race([
-    Promise.all(images.map(settle)),
-    new Promise(r => setTimeout(r, timeout)),
-  ]);
-  return images.map(img => ({src: img.getAttribute('src'), width: img.naturalWidth}));
 }
 """
 
@@ -125,39 +89,6 @@ def box_selectors(expected: Counter) -> dict[str, tuple[str, int]]:
 
 def screenshot_name(docname: str) -> str:
     return docname.replace("/", "__") + ".png"
-
-
-@pytest.fixture
-def page_of(browser, server):
-    """Open a page of the served book; yields (open function, list of script errors)."""
-    contexts = []
-
-    def route(route):
-        url = route.request.url
-        if url.startswith(server):
-            return route.continue_()
-        if url.startswith(MATHJAX_CDN):
-            rel = url[len(MATHJAX_CDN) :].split("?")[0].split("#")[0]
-            path = (MATHJAX / rel).resolve()
-            if path.is_file() and MATHJAX.resolve() in path.parents:
-                return route.fulfill(path=str(path))
-            return route.fulfill(status=404, body=f"not in the local MathJax: {rel}")
-        return route.abort()  # nothing else off this machine: the test needs no network
-
-    def open_page(docname: str):
-        context = browser.new_context(viewport=VIEWPORT)
-        contexts.append(context)
-        context.route("**/*", route)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{server}{docname}.html", wait_until="load")
-        return page, errors
-
-    yield open_page
-    for context in contexts:
-        context.close()
 
 
 @pytest.mark.parametrize("docname", PAGES)
