@@ -5,7 +5,7 @@ importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` 
 ``experiments`` → ``plotting``.
 """
 
-from . import bounds, metrics, theory
+from . import bounds, incontext, metrics, theory
 from .attention import (
     AttentionBank,
     AttentionDenoiser,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "bounds",
+    "incontext",
     "AttentionBank",
     "AttentionDenoiser",
     "SymmetricBasis",
