@@ -75,6 +75,13 @@ def test_log_prob_integrates_to_one_in_1d():
         )
 
 
+def test_noise_variance_broadcasts(gmm):
+    ab = torch.tensor([[0.1], [0.5], [0.9]], dtype=torch.float64)
+    expected = ab * gmm.sigma0**2 + 1 - ab
+    torch.testing.assert_close(gmm.noise_variance(ab), expected)
+    assert gmm.noise_variance(ab).shape == (3, 1)
+
+
 def test_cluster_snr_and_noise_variance(gmm):
     assert gmm.noise_variance(0.9).item() == pytest.approx(0.9 * 0.25 + 0.1)
     assert gmm.cluster_snr(0.9).item() == pytest.approx(

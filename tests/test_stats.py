@@ -1,7 +1,29 @@
 import numpy as np
 import pytest
 
-from mtgmm.stats import fit_power_law
+import torch
+
+from mtgmm._checks import single_level
+from mtgmm.stats import fit_power_law, mean_stderr
+
+
+def test_mean_stderr_matches_numpy():
+    values = np.random.default_rng(1).normal(2.0, 3.0, size=(400, 3))
+    mean, se = mean_stderr(values[:, 0])
+    assert mean == pytest.approx(values[:, 0].mean())
+    assert se == pytest.approx(values[:, 0].std(ddof=1) / 20)
+    means, ses = mean_stderr(torch.tensor(values), dim=0)
+    np.testing.assert_allclose(means.numpy(), values.mean(0))
+    np.testing.assert_allclose(ses.numpy(), values.std(0, ddof=1) / 20)
+    assert np.isnan(mean_stderr(torch.ones(1))[1])
+
+
+def test_single_level_accepts_one_value_only():
+    assert single_level(torch.tensor([0.5])) == 0.5
+    with pytest.raises(ValueError, match="single value"):
+        single_level(torch.tensor([0.5, 0.9]))
+    with pytest.raises(ValueError, match="alpha_bar"):
+        single_level(1.5)
 
 
 def test_power_law_fit_recovers_slope_and_covers_it():

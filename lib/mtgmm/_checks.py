@@ -40,6 +40,16 @@ def alpha_bar_tensor(alpha_bar: float | Tensor, like: Tensor | None = None) -> T
     return ab
 
 
+def single_level(alpha_bar: float | Tensor) -> float:
+    """One noise level ᾱ as a float; raise unless it is a single value in (0, 1]."""
+    ab = alpha_bar_tensor(alpha_bar)
+    if ab.numel() != 1:
+        raise ValueError(
+            f"alpha_bar must be a single value here, got shape {tuple(ab.shape)}"
+        )
+    return float(ab)
+
+
 def last_dim(x: Tensor, dim: int, name: str = "x_t") -> None:
     """Raise unless ``x`` has at least one axis and its last axis has size ``dim``."""
     if x.ndim == 0 or x.shape[-1] != dim:

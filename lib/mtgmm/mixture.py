@@ -114,7 +114,11 @@ class MultiTokenGMM:
         return MultiTokenGMM(means, self.weights.to(means), self.sigma0)
 
     def noise_variance(self, alpha_bar: float | Tensor) -> Tensor:
-        """s² = a² σ0² + b² = ᾱ σ0² + 1 − ᾱ, the variance of a noisy token around a μ_k."""
+        """s² = a² σ0² + b² = ᾱ σ0² + 1 − ᾱ, the variance of a noisy token around a μ_k.
+
+        The one place this formula lives; ``alpha_bar`` of any shape broadcasts, and the
+        result has its shape. See the chapter `Mixture <../mixture.html#the-noisy-marginal>`_.
+        """
         ab = alpha_bar_tensor(alpha_bar)
         return ab * self.sigma0**2 + (1 - ab)
 
@@ -171,7 +175,7 @@ class MultiTokenGMM:
         """log p_t(x) of each token under ``Σ_k π_k N(a μ_k, s² I)``; shape ``x.shape[:-1]``."""
         last_dim(x, self.dim, "x")
         ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x), x)
-        s2 = ab * self.sigma0**2 + (1 - ab)
+        s2 = self.noise_variance(ab)
         if bool((s2 == 0).any()):
             raise ValueError(
                 "the density is undefined where s² = a²σ0² + b² = 0 (σ0 = 0, ᾱ = 1)"

@@ -16,6 +16,7 @@ from torch import Tensor
 from ._checks import positive_int
 from .mixture import MultiTokenGMM, add_noise
 from .oracle import oracle_eps
+from .stats import mean_stderr
 
 Denoiser = Callable[[Tensor], Tensor]
 
@@ -74,6 +75,4 @@ def excess_risk(
         gap = ((model(x_t) - oracle_eps(gmm, x_t, alpha_bar)) ** 2).sum(-1).mean(-1)
         per_sequence.append(gap.double().cpu())
         done += nb
-    values = torch.cat(per_sequence)
-    stderr = values.std().item() / n_sequences**0.5 if n_sequences > 1 else float("nan")
-    return values.mean().item(), stderr
+    return mean_stderr(torch.cat(per_sequence))

@@ -29,7 +29,7 @@ def _levels(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor):
     """Validate inputs; return ``(a, b, s², means)`` shaped to broadcast against ``x_t``."""
     last_dim(x_t, gmm.dim)
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x_t), x_t)
-    return ab.sqrt(), (1 - ab).sqrt(), ab * gmm.sigma0**2 + (1 - ab), gmm.means.to(x_t)
+    return ab.sqrt(), (1 - ab).sqrt(), gmm.noise_variance(ab), gmm.means.to(x_t)
 
 
 def _posterior_logits(gmm, x_t, a, s2, means) -> Tensor:
@@ -183,7 +183,7 @@ def bayes_risk_estimates(
     ab = alpha_bar_tensor(alpha_bar).to(torch.float64).flatten()
     if ab.numel() == 0:
         raise ValueError("alpha_bar must hold at least one value")
-    s2 = ab * gmm.sigma0**2 + (1 - ab)
+    s2 = gmm.noise_variance(ab)
     perp_per_dim = torch.where(s2 > 0, 1 - (1 - ab) / torch.where(s2 > 0, s2, 1), 1.0)
     basis = gmm.span_basis().to(torch.float64)
     m = basis.shape[0]

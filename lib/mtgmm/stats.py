@@ -1,4 +1,5 @@
-"""Small statistics helpers shared by the chapters: power-law fits with error bars."""
+"""Small statistics helpers shared by the chapters: means with standard errors, power-law
+fits with error bars."""
 
 from __future__ import annotations
 
@@ -7,6 +8,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def mean_stderr(values: Tensor | np.ndarray, dim: int | None = None):
+    """Sample mean and its standard error ``std / √n`` (``ddof = 1``) of independent draws.
+
+    With ``dim = None`` over all entries, returned as two floats (the error is ``nan`` for a
+    single draw); with an axis ``dim``, two tensors reduced over that axis.
+    """
+    values = torch.as_tensor(values)
+    if dim is None:
+        n = values.numel()
+        stderr = values.std().item() / n**0.5 if n > 1 else float("nan")
+        return values.mean().item(), stderr
+    n = values.shape[dim]
+    return values.mean(dim), values.std(dim) / n**0.5
 
 
 @dataclass(frozen=True)
