@@ -2,7 +2,7 @@
 
 1. Bank training over T = 100 timesteps (cosine schedule): :func:`mtgmm.training.train_bank`
    (all timesteps batched, :meth:`mtgmm.AttentionBank.by_timestep`) against
-   :func:`mtgmm.training.train_bank_loop` (a Python loop over timesteps, each layer trained
+   :func:`mtgmm.fast.train_bank_loop` (a Python loop over timesteps, each layer trained
    by :func:`mtgmm.train`'s recipe), with the quick preset's batch sizes
    (:func:`mtgmm.experiments.sampling.bank_recipe`: 64 sequences per timestep at L = 8, 8 at
    L = 128). Both get identical options and do the same work: the same steps and sequences
@@ -50,11 +50,12 @@ import torch
 
 import mtgmm
 from mtgmm import AttentionBank, MultiTokenGMM, NoiseSchedule
-from mtgmm.attention import _uses_fused, attend_explicit, attend_fused
+from mtgmm.attention import attend_explicit, attend_fused
 from mtgmm.experiments.sampling import bank_recipe
+from mtgmm.fast import BankLoss, train_bank_loop, uses_fused
 from mtgmm.objective import ddpm_loss
 from mtgmm.runtime import set_preset
-from mtgmm.training import _BankLoss, _sampler, train_bank, train_bank_loop
+from mtgmm.training import _sampler, train_bank
 
 D = 8
 N_STEPS_T = 100
@@ -244,8 +245,8 @@ def step_parts(
     device, gmm, n_tokens: int, batch: int
 ) -> dict[str, Callable[[], object]]:
     """The parts of one training step, per method: sampling its sequences, and the loss with
-    its gradient (batched: ``_BankLoss`` over all timesteps; loop: ``ddpm_loss`` and autograd
-    on each of the T layers, as :func:`mtgmm.train` does)."""
+    its gradient (batched: ``mtgmm.fast.BankLoss`` over all timesteps; loop: ``ddpm_loss``
+    and autograd on each of the T layers, as :func:`mtgmm.train` does)."""
     bank = AttentionBank(N_STEPS_T, D).to(device)
     with torch.no_grad():
         for p in bank.parameters():
@@ -268,7 +269,7 @@ def step_parts(
     parts = {
         "batched sampling": lambda: draw(ab, len(ab), n_tokens),
         "batched gradient": lambda: torch.autograd.grad(
-            _BankLoss.apply(*params, x, eps, False), params
+            BankLoss.apply(*params, x, eps, False), params
         ),
         "loop sampling": lambda: [
             draw(level, batch, n_tokens) for level in levels.tolist()
@@ -329,7 +330,7 @@ def bench_attention(device, sizes: Sizes) -> list[str]:
                 f"{spread(times['fused'], 1e3, 2)} | {spread(times['explicit'], 1e3, 2)} "
                 f"| {statistics.median(ratio):.2f}×"
             )
-        picked = "fused" if _uses_fused(x) else "explicit"
+        picked = "fused" if uses_fused(x) else "explicit"
         rows.append(f"| {n_tokens} | {n} | " + " | ".join(cells) + f" | {picked} |")
     return rows
 

@@ -1,5 +1,5 @@
 """The attention layer, its bank and the symmetric basis: autograd gradient checks, the
-fused kernel against the explicit formula, the short-row softmax, per-timestep batching
+fused kernel against the explicit formula, per-timestep batching
 (gathered, shared and grouped paths), argument checks."""
 
 import itertools
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from mtgmm.attention import (
-    SMALL_SOFTMAX_ROW,
     AttentionBank,
     AttentionDenoiser,
     SymmetricBasis,
@@ -17,7 +16,6 @@ from mtgmm.attention import (
     attend_fused,
     attention_weights,
     mean_denoising_weights,
-    row_softmax,
     timestep_layers,
 )
 from mtgmm.mixture import MultiTokenGMM
@@ -115,39 +113,6 @@ def test_fused_and_explicit_gradients_agree(mask_self):
     ]
     for fused, explicit in zip(*grads, strict=True):
         torch.testing.assert_close(fused, explicit, rtol=1e-10, atol=1e-10)
-
-
-def test_short_row_softmax_equals_torch_to_second_order():
-    """The short-row softmax (rows below SMALL_SOFTMAX_ROW on CPU) against torch.softmax:
-    values, and first and second derivatives (its backward is written by hand)."""
-    gen = rng(13)
-    scores = 3 * torch.randn(4, 5, 5, generator=gen, dtype=F64)
-    scores.diagonal(dim1=-2, dim2=-1).fill_(
-        float("-inf")
-    )  # masked entries stay exactly 0
-    assert scores.shape[-1] < SMALL_SOFTMAX_ROW
-    weights = row_softmax(scores)
-    torch.testing.assert_close(
-        weights, torch.softmax(scores, -1), rtol=1e-14, atol=1e-15
-    )
-    assert bool((weights.diagonal(dim1=-2, dim2=-1) == 0).all())
-    finite = torch.randn(2, 3, 6, generator=gen, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(row_softmax, (finite,))
-    assert torch.autograd.gradgradcheck(row_softmax, (finite,))
-    probe = torch.randn(2, 3, 6, generator=gen, dtype=F64)
-
-    def first_and_second(fn):
-        (grad,) = torch.autograd.grad(
-            (fn(finite) * probe).sum(), finite, create_graph=True
-        )
-        return grad, torch.autograd.grad((grad**2).sum(), finite)[0]
-
-    ours, reference = (
-        first_and_second(row_softmax),
-        first_and_second(lambda s: s.softmax(-1)),
-    )
-    for mine, theirs in zip(ours, reference, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_attention_weights_are_row_stochastic_and_mask_zeroes_the_diagonal():

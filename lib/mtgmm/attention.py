@@ -18,21 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import alpha_bar_tensor, last_dim, positive_int
+from .fast import FUSED_MIN_TOKENS_CPU, masked_scores, row_softmax, uses_fused
 from .mixture import MultiTokenGMM
 
 WEIGHT_NAMES = ("W_KQ", "W_V", "W_S")
-
-
-SMALL_SOFTMAX_ROW = 16
-"""Rows shorter than this use the book's own softmax on CPU, because below it torch's CPU
-kernel falls back to a scalar path (its vectorised path needs a row of at least one AVX-512
-vector); measured 11 ms against 1.4 ms for exp-and-normalise on 2^19 scores at L = 8."""
-
-FUSED_MIN_TOKENS_CPU = 8192
-"""The CPU uses the fused kernel too from this many tokens on. Below it the explicit formula
-was faster at every L measured, 64 to 4096 (``benchmarks/bench.py``, d = 8); the fused
-kernel never stores the L × L scores (256 MiB per sequence at L = 8192). GPUs always use the
-fused kernel."""
 
 
 def _self_mask(n_tokens: int, device) -> Tensor:
@@ -40,77 +29,37 @@ def _self_mask(n_tokens: int, device) -> Tensor:
     return ~torch.eye(n_tokens, dtype=torch.bool, device=device)
 
 
-class _ShortRowSoftmax(torch.autograd.Function):
-    """Row softmax ``a_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)`` for short
-    CPU rows (see :data:`SMALL_SOFTMAX_ROW`), with the backward ``a ⊙ (g − Σ_j g_ij a_ij)``
-    written in differentiable operations on the saved output, so derivatives of every order
-    are right (torch's own softmax backward is as slow as its forward on such rows)."""
+def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
+    """``softmax(X W_KQ Xᵀ) X W_V`` for tokens ``x`` (…, L, d), row by row.
 
-    @staticmethod
-    def forward(ctx, scores: Tensor) -> Tensor:
-        weights = (scores - scores.amax(-1, keepdim=True)).exp_()
-        weights /= weights.sum(-1, keepdim=True)
-        ctx.save_for_backward(weights)
-        return weights
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (weights,) = ctx.saved_tensors
-        return weights * (grad - (grad * weights).sum(-1, keepdim=True))
-
-
-def row_softmax(scores: Tensor) -> Tensor:
-    """Row softmax along the last axis: torch's kernel, or ``_ShortRowSoftmax`` for
-    rows shorter than :data:`SMALL_SOFTMAX_ROW` on CPU (the faster of the two there)."""
-    if scores.device.type != "cpu" or scores.shape[-1] >= SMALL_SOFTMAX_ROW:
-        return torch.softmax(scores, dim=-1)
-    return _ShortRowSoftmax.apply(scores)
-
-
-def masked_scores(query: Tensor, keys: Tensor, mask_self: bool) -> Tensor:
-    """The scores Q Kᵀ (…, L, L), with −∞ on the diagonal if ``mask_self``."""
-    scores = query @ keys.transpose(-1, -2)
-    if mask_self:
-        scores = scores.masked_fill(
-            ~_self_mask(keys.shape[-2], keys.device), float("-inf")
-        )
-    return scores
-
-
-def _weights(query: Tensor, keys: Tensor, mask_self: bool) -> Tensor:
-    """softmax(Q Kᵀ) row by row, with the diagonal masked out if ``mask_self``."""
-    return row_softmax(masked_scores(query, keys, mask_self))
-
-
-def _uses_fused(x: Tensor) -> bool:
-    """Whether :func:`attend` takes the fused kernel for tokens ``x`` (…, L, d)."""
-    return x.device.type != "cpu" or x.shape[-2] >= FUSED_MIN_TOKENS_CPU
-
-
-def _attention(query: Tensor, x: Tensor, values: Tensor, mask_self: bool) -> Tensor:
-    """softmax(Q Xᵀ) V with the kernel :func:`attend` would choose for ``x``."""
-    if _uses_fused(x):
+    On GPUs (and on CPU from :data:`mtgmm.fast.FUSED_MIN_TOKENS_CPU` tokens) it calls
+    torch's fused kernel, which never stores the L × L scores; otherwise the formula is
+    written out (:func:`attention_weights`). Both give the same result to rounding. Weights
+    may carry leading batch dims that broadcast against ``x`` (e.g. ``(n, d, d)``).
+    """
+    if x.device.type != "cpu" or x.shape[-2] >= FUSED_MIN_TOKENS_CPU:
+        # the fused kernel: query X W_KQ, key X, value X W_V, scale 1
         mask = _self_mask(x.shape[-2], x.device) if mask_self else None
         return F.scaled_dot_product_attention(
-            query, x, values, attn_mask=mask, scale=1.0
+            x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0
         )
-    return _weights(query, x, mask_self) @ values
+    return attention_weights(x, w_kq, mask_self) @ x @ w_v  # (…, L, L) @ (…, L, d)
 
 
-def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
-    """softmax(X W_KQ Xᵀ) X W_V with the faster kernel for the device: the fused
-    :func:`attend_fused` on GPUs and for contexts of at least :data:`FUSED_MIN_TOKENS_CPU`
-    tokens on CPU, :func:`attend_explicit` otherwise. Weights may carry leading batch dims
-    that broadcast against ``x`` (e.g. one matrix per sequence, ``(n, d, d)``)."""
-    fn = attend_fused if _uses_fused(x) else attend_explicit
-    return fn(x, w_kq, w_v, mask_self)
+def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
+    """The (…, L, L) attention matrix ``A_ij ∝ exp(x_i W_KQ x_jᵀ)``, rows summing to 1
+    (``A_ii = 0`` if ``mask_self``). On CPU short rows take the equal, faster
+    :func:`mtgmm.fast.row_softmax`."""
+    scores = (x @ w_kq) @ x.transpose(-1, -2)  # s_ij = x_i W_KQ x_jᵀ
+    if mask_self:
+        scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
+    return row_softmax(scores)  # = torch.softmax(scores, -1)
 
 
 def attend_fused(
     x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False
 ) -> Tensor:
-    """softmax(X W_KQ Xᵀ) X W_V with the fused kernel (``scaled_dot_product_attention``,
-    query ``X W_KQ``, key ``X``, value ``X W_V``, scale 1)."""
+    """:func:`attend` forced onto the fused kernel (``scaled_dot_product_attention``)."""
     mask = _self_mask(x.shape[-2], x.device) if mask_self else None
     return F.scaled_dot_product_attention(
         x @ w_kq, x, x @ w_v, attn_mask=mask, scale=1.0
@@ -120,14 +69,18 @@ def attend_fused(
 def attend_explicit(
     x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False
 ) -> Tensor:
-    """The same as :func:`attend_fused`, written out: the score matrix X W_KQ Xᵀ, its row
-    softmax, then the weighted average of the tokens mapped by W_V."""
+    """:func:`attend` forced onto the written-out formula ``A X W_V``."""
     return attention_weights(x, w_kq, mask_self) @ x @ w_v
 
 
-def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
-    """The (…, L, L) attention matrix softmax(X W_KQ Xᵀ), rows summing to 1."""
-    return _weights(x @ w_kq, x, mask_self)
+def _attention(query: Tensor, x: Tensor, values: Tensor, mask_self: bool) -> Tensor:
+    """softmax(Q Xᵀ) V with the kernel :func:`attend` would choose for ``x``."""
+    if uses_fused(x):
+        mask = _self_mask(x.shape[-2], x.device) if mask_self else None
+        return F.scaled_dot_product_attention(
+            query, x, values, attn_mask=mask, scale=1.0
+        )
+    return row_softmax(masked_scores(query, x, mask_self)) @ values
 
 
 def timestep_layers(
