@@ -436,7 +436,7 @@ def train_bank(
     mean loss: layer t receives the gradient :func:`train` would give it. The step size is
     per timestep (``lr_scale / λ_max(M̂_t)`` by default): the curvature in W_S is
     ``2 M_t = 2 E[x_t x_tᵀ]``, whose top eigenvalue runs from about ``ᾱ r²/K + s_t²`` at
-    small t to 1 at pure noise. Options as in :class:`TrainOptions` (``n_eval_sequences`` sets the final per-timestep evaluation).
+    small t to 1 at pure noise. Options as in :class:`TrainOptions`.
     """
     return fast.train_bank(
         bank, gmm, schedule, n_tokens, steps, generator, progress, **options
