@@ -1,4 +1,4 @@
-"""Sample quality against the true multi-token mixture (chapter *Sampling*).
+"""Sample quality against the true multi-token mixture (chapter :doc:`/book/sampling`).
 
 Three views of a sample set, each with an error bar that says what it covers:
 

@@ -1,5 +1,5 @@
-"""Ancestral DDPM sampling with any noise predictor (chapter *Sampling*, which derives the
-reverse step from the forward process of chapter *DDPM in one chapter*).
+"""Ancestral DDPM sampling with any noise predictor (chapter :doc:`From denoiser to sampler
+</book/sampling>`, which derives the reverse step from the forward process of :doc:`/book/ddpm`).
 
 Ho et al. (2020), Algorithm 2. Start from ``x_T ~ N(0, I)``; for timestep indices
 ``t = T-1, …, 0`` (index t is DDPM step t + 1)
