@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import alpha_bar_tensor, last_dim, leading_broadcast, positive_int
+from ._checks import (
+    alpha_bar_tensor,
+    last_dim,
+    leading_broadcast,
+    positive_int,
+    single_level,
+)
 from .mixture import MultiTokenGMM, add_noise
 
 
@@ -43,7 +49,10 @@ def _posterior_logits(gmm, x_t, a, s2, means) -> Tensor:
 def posterior_weights(
     gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor
 ) -> Tensor:
-    """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``."""
+    """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``.
+
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     return torch.softmax(_posterior_logits(gmm, x_t, a, s2, means), dim=-1)
 
@@ -54,7 +63,10 @@ def _posterior_cluster_mean(gmm, x_t, a, s2, means) -> Tensor:
 
 
 def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """E[x0 | x_t] = m + (a σ0² / s²)(x_t − a m), shape of ``x_t``."""
+    """E[x0 | x_t] = m + (a σ0² / s²)(x_t − a m), shape of ``x_t``.
+
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
     # where s² = 0 we have a = 1 and x0 = x_t exactly, which the coefficient 1/a gives
@@ -63,7 +75,10 @@ def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Ten
 
 
 def oracle_eps(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """ε*(x_t) = E[ε | x_t] = (b / s²)(x_t − a m(x_t)), shape of ``x_t`` (0 where b = 0)."""
+    """ε*(x_t) = E[ε | x_t] = (b / s²)(x_t − a m(x_t)), shape of ``x_t`` (0 where b = 0).
+
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    """
     a, b, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
     gain = torch.where(s2 > 0, b / torch.where(s2 > 0, s2, 1), 0)
@@ -174,9 +189,10 @@ def bayes_risk_estimates(
     estimated by Monte Carlo, three ways, all unbiased: the direct average of ‖ε − ε*‖²;
     the identity ``R* = m − E‖ε*‖²`` (from ``E⟨ε, ε*⟩ = E‖ε*‖²``); and the average of the
     posterior variance tr Cov(ε | x_t), the direct estimator conditioned on x_t (so its
-    variance is never larger). The identity wins where R* is near its maximum, the
-    posterior variance where R* is small; the reported value is their best linear
-    combination, with λ from the sample covariances.
+    variance is never larger). The reported value is the minimum-variance linear
+    combination of the identity and the posterior variance, with λ from the sample
+    covariances. ``alpha_bar`` of shape ``(A,)`` gives fields of shape ``(A,)``. See the
+    chapter `Mixture <../mixture.html#the-bayes-risk>`_.
     """
     n_samples = positive_int(n_samples, "n_samples")
     batch_size = positive_int(batch_size, "batch_size")
@@ -227,10 +243,6 @@ def bayes_risk(
     See :func:`bayes_risk_estimates` for the estimator (exact part off the span of the
     means, minimum-variance Monte Carlo inside it).
     """
-    ab = alpha_bar_tensor(alpha_bar)
-    if ab.numel() != 1:
-        raise ValueError(
-            "alpha_bar must be a single value here; use bayes_risk_estimates"
-        )
-    est = bayes_risk_estimates(gmm, ab.reshape(1), n_samples, generator)
+    ab = torch.tensor([single_level(alpha_bar)], dtype=torch.float64)
+    est = bayes_risk_estimates(gmm, ab, n_samples, generator)
     return est.estimate.item(), est.combined_stderr.item()
