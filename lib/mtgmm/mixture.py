@@ -30,6 +30,8 @@ class MultiTokenGMM:
         means: ``(K, d)`` tensor of cluster means μ_k.
         weights: ``(K,)`` mixing distribution π (uniform when ``None``).
         sigma0: within-cluster standard deviation σ0 ≥ 0.
+
+    See the chapter `Mixture <../mixture.html#the-data-model>`_.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ def add_noise(
     """The forward process: ``x_t = √ᾱ x0 + √(1-ᾱ) ε``. Returns ``(x_t, ε)``.
 
     ``alpha_bar`` is a float or a tensor broadcastable over the leading dims of ``x0``.
+    See the chapter `DDPM <../ddpm.html#the-forward-process>`_.
     """
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x0), x0)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
