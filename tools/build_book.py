@@ -29,9 +29,22 @@ BUILD = ROOT / "_build"
 NOTEBOOK_EXCLUDES = {"book/*.ipynb", "book/**.ipynb", "**/*.ipynb", "*.ipynb"}
 
 
+def absolute_extension_paths(config: dict) -> dict:
+    """``sphinx.local_extensions`` with absolute paths.
+
+    Jupyter Book resolves them against the config file's folder, and the derived configs are
+    written into ``_build``.
+    """
+    config = copy.deepcopy(config)
+    local = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, path in local.items():
+        local[name] = str((ROOT / path).resolve())
+    return config
+
+
 def no_execute_config(config: dict) -> tuple[dict, list[str]]:
     """The config that renders the paired notebooks; also returns the chapters it swaps."""
-    config = copy.deepcopy(config)
+    config = absolute_extension_paths(config)
     paired = sorted(
         md.relative_to(ROOT).as_posix()
         for md in (ROOT / "book").glob("*.md")

@@ -83,7 +83,9 @@ def config() -> dict:
 def _newest_input() -> float:
     files = [ROOT / "_config.yml", ROOT / "_toc.yml", ROOT / "tools" / "build_book.py"]
     files += [p for p in (ROOT / "book").rglob("*") if p.is_file()]
-    files += [p for p in (ROOT / "_static").rglob("*") if p.is_file()]  # the site's js, css
+    files += [
+        p for p in (ROOT / "_static").rglob("*") if p.is_file()
+    ]  # the site's js, css
     files += list((ROOT / "lib").rglob("*.py"))  # the API page documents the package
     return max(p.stat().st_mtime for p in files if ".ipynb_checkpoints" not in p.parts)
 

@@ -201,3 +201,88 @@ def test_status_page_lists_every_chapter(site):
     in_toc = {Path(d).name for d in CHAPTERS}
     assert linked == {f"{stem}.html" for stem in in_toc}, linked
     assert len(table.select("tbody tr")) == len(rows) - 1
+
+
+def test_page_titles_and_descriptions(site):
+    """The landing page's ``<title>`` is the book's title once; every page has a description."""
+    title = config()["title"]
+    root = soup(site / f"{DOCS[0]}.html")
+    assert root.title.get_text().strip() == title, root.title.get_text()
+    missing = []
+    for docname in DOCS:
+        meta = soup(site / f"{docname}.html").select_one('meta[name="description"]')
+        if meta is None or len(meta.get("content", "").strip()) < 40:
+            missing.append(docname)
+    assert not missing, f"pages without a <meta name='description'>: {missing}"
+
+
+def test_contents_sidebars_are_not_empty(site):
+    """A page that shows a contents sidebar lists at least two sections in it."""
+    thin = {}
+    for docname in DOCS:
+        nav = soup(site / f"{docname}.html").select_one("#pst-page-toc-nav")
+        if nav is not None and len(nav.select("li")) < 2:
+            thin[docname] = [a.get_text(strip=True) for a in nav.select("a")]
+    assert not thin, f"contents sidebars with fewer than two entries: {thin}"
+
+
+def test_bibliography_is_author_year_with_one_link_per_preprint(site):
+    if "book/bibliography" not in DOCS:
+        pytest.skip("no bibliography page")
+    page = soup(site / "book" / "bibliography.html")
+    entries = page.select("div.citation")
+    assert entries, "the bibliography is empty"
+    problems = []
+    for entry in entries:
+        label = entry.select_one("span.label").get_text(strip=True).strip("[]")
+        if not re.fullmatch(r"[^\d\[\]]+ (\d{4}[a-z]?|n\.d\.)", label):
+            problems.append(f"label {label!r} is not author-year like the citations")
+        arxiv = [
+            re.sub(r"v\d+$", "", urlsplit(a["href"]).path.split("/")[-1])
+            for a in entry.select("a[href*='arxiv.org']")
+        ]
+        text = entry.get_text(" ", strip=True)
+        ids = re.findall(r"\b\d{4}\.\d{4,5}\b", text)
+        if len(arxiv) != len(set(arxiv)) or any(ids.count(i) > 1 for i in ids):
+            problems.append(
+                f"{label}: an arXiv identifier appears twice: {text[-120:]!r}"
+            )
+    assert not problems, "\n".join(problems)
+
+
+API_MODULES = [
+    "schedules",
+    "mixture",
+    "oracle",
+    "attention",
+    "objective",
+    "best",
+    "training",
+    "sampling",
+    "metrics",
+    "theory",
+    "bounds",
+    "stats",
+    "plotting",
+    "runtime",
+]
+
+
+def test_api_is_one_page_per_module(site):
+    """``book/api`` indexes one page per module; no page repeats torch's ``extra_repr``."""
+    index = soup(site / "book" / "api.html")
+    linked = {urlsplit(a["href"]).path for a in index.select("main a[href]")}
+    problems = []
+    for name in API_MODULES:
+        page = site / "book" / "api" / f"{name}.html"
+        if not page.is_file():
+            problems.append(f"no page book/api/{name}")
+            continue
+        if f"api/{name}.html" not in linked:
+            problems.append(f"book/api does not link book/api/{name}")
+        doc = soup(page)
+        if doc.find(id=f"module-mtgmm.{name}") is None:
+            problems.append(f"book/api/{name} does not document mtgmm.{name}")
+        if doc.find(id=re.compile(r"\.extra_repr$")) or "extra_repr" in doc.get_text():
+            problems.append(f"book/api/{name} documents extra_repr")
+    assert not problems, "\n".join(problems)
