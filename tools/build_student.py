@@ -13,8 +13,11 @@ a config derived from ``_config.yml`` that
   notebooks on GitHub), the download button and the copied sources (``_sources``).
 
 It also writes student notebooks, ``_build/student/notebooks/X.ipynb``: the committed notebooks
-with each gated solution removed (one that had code leaves an empty answer cell) and all outputs
-cleared, for an instructor to hand out. The build runs with ``-W -n`` like the book's.
+with each gated solution removed (one that had code leaves an answer cell: its functions'
+headers with ``...`` for a body) and all outputs cleared, for an instructor to hand out. On the
+student pages too, a solution with functions leaves that stub, and the check cell after a
+solution shows no output (the full edition's would read as the reader's result). The build runs
+with ``-W -n`` like the book's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_book import CONFIG, ROOT, jupyter_book, no_execute_config  # noqa: E402
+from build_book import (  # noqa: E402
+    CONFIG,
+    ROOT,
+    absolute_extension_paths,
+    jupyter_book,
+    no_execute_config,
+)
 
 OUT = ROOT / "_build" / "student"
 EXTENSION_DIR = ROOT / "tools" / "sphinx_ext"
@@ -41,10 +50,47 @@ START = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution-start\}")
 END = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution-end\}")
 
 
+def stub_for(code: str) -> str:
+    """What the reader starts from: the solution's functions and classes, without bodies.
+
+    Each top-level ``def`` or ``class`` of the solution's code keeps its header (and its
+    docstring) and gets the body ``...  # your answer``, so the check cell after the solution
+    names something the reader completes. Code with neither gives the plain answer cell.
+    """
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ANSWER_CELL
+    lines = code.splitlines()
+    stubs = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+        body = node.body[0]
+        keep = body.end_lineno if _is_docstring(body) else body.lineno - 1
+        header = lines[first - 1 : keep]
+        indent = " " * (body.col_offset if body.col_offset else 4)
+        stubs.append("\n".join(header + [f"{indent}...  # your answer"]))
+    return "\n\n\n".join(stubs) + "\n" if stubs else ANSWER_CELL
+
+
+def _is_docstring(node) -> bool:
+    import ast
+
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
 def student_config(config: dict, execute: bool) -> dict:
     if not execute:
         config, _ = no_execute_config(config)
-    config = copy.deepcopy(config)
+    config = absolute_extension_paths(config)
     config["title"] = f"{config.get('title', '')} (student edition)".strip()
     config.pop("launch_buttons", None)
     sphinx = config.setdefault("sphinx", {})
@@ -61,17 +107,30 @@ def student_config(config: dict, execute: bool) -> dict:
 
 
 def strip_solutions(cells: list[dict]) -> tuple[list[dict], int]:
-    """Cells without the gated solutions; one that had code leaves an empty answer cell."""
+    """Cells without the gated solutions, and the number removed.
+
+    A solution that had code leaves an answer cell (``stub_for`` its code); the code cell right
+    after a solution (its check cell) loses the full edition's output.
+    """
     out: list[dict] = []
     inside = False  # within solution-start … solution-end
     closing = None  # the fence that closes the directive line being skipped, if any
     removed = 0
     had_code = False
+    code: list[str] = []  # the code of the solution being skipped
+    after_solution = False  # the next code cell is the solution's check cell
     for cell in cells:
         if cell["cell_type"] != "markdown":
             if inside:
-                had_code = had_code or cell["cell_type"] == "code"
+                if cell["cell_type"] == "code":
+                    had_code = True
+                    code.append(cell["source"])
             else:
+                if after_solution and cell["cell_type"] == "code":
+                    # the full edition's output of the check would pass for the reader's
+                    cell = copy.deepcopy(cell)
+                    cell["outputs"], cell["execution_count"] = [], None
+                after_solution = False
                 out.append(cell)
             continue
         kept: list[str] = []
@@ -86,25 +145,27 @@ def strip_solutions(cells: list[dict]) -> tuple[list[dict], int]:
                         kept = []
                 continue
             if not inside and (m := START.match(stripped)):
-                inside, closing, had_code = True, m.group("fence"), False
+                inside, closing, had_code, code = True, m.group("fence"), False, []
                 pieces.append(kept)
                 kept = []
                 continue
             if inside and (m := END.match(stripped)):
                 inside, closing = False, m.group("fence")
                 removed += 1
-                pieces.append(
-                    None if had_code else []
-                )  # None: where the answer cell goes
+                # a string: the answer cell that goes there (a stub of the solution's code)
+                pieces.append(stub_for("\n\n".join(code)) if had_code else [])
+                after_solution = True
                 continue
             if not inside:
                 kept.append(line)
+                if stripped:
+                    after_solution = False  # text between the solution and its check
         pieces.append(kept)
         if inside and pieces and pieces[-1] == []:
             pieces.pop()
         for piece in pieces:
-            if piece is None:
-                out.append(_answer_cell())
+            if isinstance(piece, str):
+                out.append(_answer_cell(piece))
             elif "".join(piece).strip():
                 new = copy.deepcopy(cell)
                 new["source"] = "".join(piece).strip("\n")
@@ -114,13 +175,13 @@ def strip_solutions(cells: list[dict]) -> tuple[list[dict], int]:
     return out, removed
 
 
-def _answer_cell() -> dict:
+def _answer_cell(source: str = ANSWER_CELL) -> dict:
     return {
         "cell_type": "code",
         "metadata": {"tags": ["student-answer"]},
         "execution_count": None,
         "outputs": [],
-        "source": ANSWER_CELL,
+        "source": source,
     }
 
 

@@ -111,9 +111,37 @@ def page_text(html: Path) -> tuple[str, str]:
     return text, code
 
 
+def stub_headers(sol: Solution) -> list[str]:
+    """The headers of the functions and classes the solution defines (the student's stub)."""
+    return [
+        " ".join(c.split()) for c in sol.code if re.match(r"(async )?(def|class) ", c)
+    ]
+
+
 def hidden_lines(sol: Solution, outside: set[str]) -> list[str]:
-    """The solution's code lines that appear nowhere else in the chapter (so must vanish)."""
-    return [" ".join(c.split()) for c in sol.code if c not in outside and len(c) >= 8]
+    """The solution's code lines that appear nowhere else in the chapter (so must vanish).
+
+    The headers of its functions stay: the student edition leaves them as a stub.
+    """
+    headers = set(stub_headers(sol))
+    return [
+        " ".join(c.split())
+        for c in sol.code
+        if c not in outside and len(c) >= 8 and " ".join(c.split()) not in headers
+    ]
+
+
+def check_cell_outputs(doc: BeautifulSoup, sol: Solution) -> list[int]:
+    """For each cell of the page whose code holds the solution's check, its output count."""
+    if not sol.check:
+        return []
+    first = " ".join(sol.check[0].split())
+    counts = []
+    for cell in doc.select("div.cell"):
+        pre = cell.select_one(".cell_input pre")
+        if pre and first in " ".join(pre.get_text().split()):
+            counts.append(len(cell.select(".cell_output")))
+    return counts
 
 
 @pytest.mark.parametrize("docname", CHAPTERS)
@@ -157,6 +185,12 @@ def test_student_page(site, student_site, docname):
         for line in sol.check:
             line = " ".join(line.split())
             assert line in code, f"{sol.label}: check cell line {line!r} missing"
+        # the full edition's output of a check would read as the student's own result
+        outputs = check_cell_outputs(student, sol)
+        assert sum(outputs) == 0, f"{sol.label}: the check cell keeps its output"
+        lines = code.splitlines()
+        for header in stub_headers(sol):
+            assert header in lines, f"{sol.label}: no stub {header!r} to complete"
 
 
 def test_some_solutions_have_checks():
@@ -165,6 +199,25 @@ def test_some_solutions_have_checks():
     assert found, "no gated solution in any chapter"
     assert any(s.check for s in found), "no check cell after any solution"
     assert any(s.prose for s in found) and any(s.code for s in found)
+    assert any(stub_headers(s) and s.check for s in found), (
+        "no solution defines a function"
+    )
+
+
+def test_check_cells_have_output_in_the_full_book(site):
+    """The output check of the student test is not vacuous: the full book shows them."""
+    counts = [
+        n
+        for d in CHAPTERS
+        for s in solutions(ROOT / f"{d}.md")[0]
+        for n in check_cell_outputs(
+            BeautifulSoup(
+                (site / f"{d}.html").read_text(encoding="utf-8"), "html.parser"
+            ),
+            s,
+        )
+    ]
+    assert counts and any(counts), "no check cell found with an output in the full book"
 
 
 def test_student_site_hands_out_no_sources(student_site):
@@ -205,4 +258,10 @@ def test_student_notebook(student_site, docname):
             assert " ".join(line.split()) in code, f"{sol.label}: check cell missing"
     answers = [c for c in nb.cells if "student-answer" in c.metadata.get("tags", [])]
     assert len(answers) == sum(1 for s in sols if s.code)
+    stubs = "\n".join(
+        " ".join(line.split()) for c in answers for line in c.source.splitlines()
+    )
+    for sol in sols:
+        for header in stub_headers(sol):
+            assert header in stubs.splitlines(), f"{sol.label}: no stub {header!r}"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")

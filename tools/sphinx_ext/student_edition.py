@@ -62,8 +62,45 @@ class RemoveGatedSolutions(SphinxTransform):
                     f"student_edition: no solution-end after the solution-start at "
                     f"{marker.source}:{marker.line}"
                 )
-            for child in parent.children[start : end + 1]:
+            removed = parent.children[start : end + 1]
+            stub = _stub(removed)
+            check = parent.children[end + 1] if end + 1 < len(parent.children) else None
+            for child in removed:
                 parent.remove(child)
+            if stub is not None:
+                parent.insert(start, stub)
+            if _is_cell(check):  # the check cell: drop the full edition's output
+                for output in [
+                    c for c in check.children if "cell_output" in c["classes"]
+                ]:
+                    check.remove(output)
+
+
+def _is_cell(node) -> bool:
+    return isinstance(node, nodes.container) and "cell" in node.get("classes", [])
+
+
+def _stub(removed):
+    """A code block with the removed solution's function headers (tools/build_student.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from build_student import ANSWER_CELL, stub_for
+
+    code = [
+        block.astext()
+        for node in removed
+        if _is_cell(node)
+        for part in node.children
+        if "cell_input" in part.get("classes", [])
+        for block in part.findall(nodes.literal_block)
+    ]
+    text = stub_for("\n\n".join(code)) if code else ANSWER_CELL
+    if text == ANSWER_CELL:
+        return None
+    block = nodes.literal_block(text, text, language="ipython3")
+    return nodes.container("", block, classes=["student-stub"])
 
 
 def setup(app):
