@@ -116,7 +116,7 @@ $(SITE_NODE): tools/site/package.json tools/site/package-lock.json
 test-site: site-deps
 	CHROMIUM="$$(test -x "$(CHROMIUM)" && echo "$(CHROMIUM)" || command -v chromium)" \
 		$(SITE_PYTEST) tests/site/test_built_html.py \
-		tests/site/test_browser.py tests/site/test_reader.py \
+		tests/site/test_browser.py tests/site/test_reader.py tests/site/test_layout.py \
 		tests/site/test_student.py
 	@echo "Screenshots of every page: $(abspath _build/screenshots)"
 

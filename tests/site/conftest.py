@@ -139,3 +139,11 @@ def page_of(browser, server):
     yield open_page
     for context in contexts:
         context.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "content: checks of what the chapters write (equations, tables, code, figures); "
+        "a failure names the chapter element to fix",
+    )
