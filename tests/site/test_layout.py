@@ -7,7 +7,8 @@ columns) is tested by them too. Each test reports every failing element of its p
 
 - (a) Equations: at 1280 px no display equation is wider than its column; at 390 px every
   display equation wider than its column sits in a container that scrolls sideways
-  (``overflow-x: auto``), so nothing is cut off.
+  (``overflow-x: auto``) with a visible scrollbar (a ``scrollbar-color`` set, as
+  ``_static/book.css`` does), so nothing is cut off unseen.
 - (b) Tables and code: at 1280 px no table is clipped (wider than its column or than a box
   that hides or scrolls its overflow); at most ``MAX_SCROLLING_CODE`` code or output blocks of
   a page need horizontal scrolling.
@@ -67,7 +68,8 @@ EQUATIONS = """
   let node = math, scroller = null;
   while (node && node !== col.parentElement) {
     const o = getComputedStyle(node).overflowX;
-    if ((o === 'auto' || o === 'scroll') && node.scrollWidth > node.clientWidth) {
+    const visible = getComputedStyle(node).scrollbarColor !== 'auto';  // a scrollbar shown
+    if ((o === 'auto' || o === 'scroll') && visible && node.scrollWidth > node.clientWidth) {
       scroller = node; break;
     }
     node = node.parentElement;
