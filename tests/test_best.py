@@ -26,3 +26,20 @@ def test_checkpointed_chunks_equal_one_pass(monkeypatch):
     chunked = _value_and_gradient(x, target, basis)
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_best_in_class_reference_values(gmm):
+    """Regression: the best symmetric excess at two settings (generator seed 0), and the
+    optimum at ᾱ = 0.5, L = 8 is uniform attention (W_KQ ≈ 0)."""
+    reference = {0.9: 0.704, 0.5: 1.680}
+    for alpha_bar, value in reference.items():
+        result = best.best_in_class(
+            gmm,
+            alpha_bar,
+            8,
+            generator=torch.Generator().manual_seed(0),
+            bayes_samples=10_000,
+        )
+        assert abs(result.excess - value) < 4 * result.stderr + 0.01 * value
+    s2 = gmm.noise_variance(0.5).item()
+    assert abs(result.coefficients[0, 0].item() * s2) < 0.05

@@ -1,30 +1,15 @@
-"""The best one-layer attention denoiser in the symmetric class (chapter *Training
-dynamics*; the finite-L trade-off is derived in chapter *Self-attention as a mean denoiser*).
+"""The best one-layer attention denoiser in the symmetric class ``W = α P + β P⊥ + γ J``.
 
-For orthogonal, equal-norm means and uniform weights the population loss is invariant under
-the orthogonal maps that permute the means, so its symmetric critical points have each
-matrix of the form ``W = α P + β P⊥ + γ J`` (:class:`~mtgmm.attention.SymmetricBasis`).
-:func:`best_in_class` finds the best such model at one noise level.
-
-The search profiles out value and skip exactly. For a fixed ``W_KQ`` the layer
-``f(X) = X W_S + A X W_V`` (``A = softmax(X W_KQ Xᵀ)``) is linear in the six coefficients
-θ of ``W_V`` and ``W_S``: ``f = Σ_m θ_m F_m`` with features ``X B_m`` and ``A X B_m``
-(``B_m`` ∈ {P, P⊥, J}). The excess ``E‖f − ε*‖²`` is quadratic in θ, minimised by
-``θ = G⁻¹ h`` with ``G_mn = E⟨F_m, F_n⟩`` and ``h_m = E⟨F_m, ε*⟩``; the profile
+For a fixed ``W_KQ`` the layer ``f(X) = X W_S + A X W_V`` (``A = softmax(X W_KQ Xᵀ)``) is
+linear in the six coordinates θ of ``W_V`` and ``W_S``: ``f = Σ_m θ_m F_m`` with features
+``X B_m`` and ``A X B_m`` (``B_m`` ∈ {P, P⊥, J}). The excess ``E‖f − ε*‖²`` is minimised by
+``θ = G⁻¹ h`` (``G_mn = E⟨F_m, F_n⟩``, ``h_m = E⟨F_m, ε*⟩``), and the profile
 ``ℓ(κ) = E‖ε*‖² − hᵀ G⁻¹ h`` depends only on the three coordinates κ of ``W_KQ``. It is
-minimised by L-BFGS with autograd gradients, on one fixed sample of sequences (sample
-average approximation: the same sample at every iterate, so ℓ is a smooth deterministic
-function), and the minimiser is then scored on fresh, independent sequences. The target is
-the oracle ε* rather than the noise ε: the two have the same minimiser, but regressing on
-ε* removes the irreducible noise ε − ε* from the sample and so from the fitted θ.
+evaluated on one fixed sample (the same at every iterate), minimised by L-BFGS from the best
+of a few starts on the line ``W_KQ = c (P − J)``, and the minimiser is scored on fresh
+sequences. Regressing on ε* rather than ε gives the same minimiser with less noise.
 
-Findings (d = 8, K = 4, r = 4, σ0 = 0.5; excess per token on 2048 fresh sequences): see
-:func:`best_in_class` for the table reproducing the science brief's reference values. The
-profile along ``W_KQ = c (P − J)`` has a stationary point at c = 0 (uniform attention), a
-local maximum at long contexts and a local minimum at short ones; at ᾱ = 0.5, L = 8 it is the
-global minimum (1.68), below the positive-temperature local minimum (≈ 1.74) that the brief
-reports, and at ᾱ = 0.1 (L = 128) the optimum is W_KQ ≈ 0 too: there a linear map of the token
-and of the sequence mean (the J terms) is all a one-layer model can use.
+See the chapter `A map of the gap <../gap.html#the-best-model-in-the-symmetric-class>`_.
 """
 
 from __future__ import annotations
@@ -178,31 +163,13 @@ def best_in_class(
             sequences (about 2^17 tokens). The cost of one profile evaluation is
             ``O(n L² d)``, so the default keeps it near ``2^17 L d``; the fitted excess is
             biased low by about (number of coordinates)/(number of sequences) times the
-            per-sequence variance, negligible at the default, and the fresh evaluation is
-            unbiased anyway. At L = 128 a call takes a few seconds on a laptop CPU.
+            per-sequence variance; the fresh evaluation is unbiased.
         generator: seeds the fitting sample, the evaluation sample and the Bayes-risk sample
             (three independent streams drawn from it).
         include_j: keep the J (mean-direction) terms.
         mask_self: fit the variant in which a token does not attend to itself.
         n_eval_sequences: fresh sequences for the reported excess and its standard error.
         bayes_samples: Monte Carlo samples for the Bayes risk (reported for scale).
-
-    Reproduced reference values (generator seed 0; excess ± standard error on 2048 fresh
-    sequences; the science brief's values in brackets):
-
-    ====  =======================  =====================  ==============================
-    L     ᾱ = 0.9                  ᾱ = 0.5                ᾱ = 0.1
-    ====  =======================  =====================  ==============================
-    8     0.704 ± 0.006 [0.70]     1.680 ± 0.009 [1.74]
-    32    0.292 ± 0.003 [0.29]     1.091 ± 0.007 [1.08]   0.118 ± 0.001
-    128   0.095 ± 0.001 [0.094]    0.578 ± 0.004 [0.58]   0.0954 ± 0.0003 [0.095];
-                                                          no J 0.1649 ± 0.0005 [0.167]
-    512   0.0313 ± 0.0003 [0.032]  0.299 ± 0.002 [0.30]
-    ====  =======================  =====================  ==============================
-
-    At ᾱ = 0.5, L = 8 the optimum is uniform attention (W_KQ ≈ 0), below the
-    positive-temperature local minimum the brief's 1.74 corresponds to; at ᾱ = 0.1 the optimum
-    has W_KQ ≈ 0 as well.
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_eval_sequences = positive_int(n_eval_sequences, "n_eval_sequences")
