@@ -32,7 +32,7 @@ def _self_mask(n_tokens: int, device) -> Tensor:
 def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
     """``softmax(X W_KQ Xᵀ) X W_V`` for tokens ``x`` (…, L, d), row by row.
 
-    On GPUs (and on CPU from :data:`mtgmm.fast.FUSED_MIN_TOKENS_CPU` tokens) it calls
+    On GPUs (and on CPU from ``mtgmm.fast.FUSED_MIN_TOKENS_CPU`` tokens) it calls
     torch's fused kernel, which never stores the L × L scores; otherwise the formula is
     written out (:func:`attention_weights`). Both give the same result to rounding. Weights
     may carry leading batch dims that broadcast against ``x`` (e.g. ``(n, d, d)``).
@@ -49,7 +49,7 @@ def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Ten
 def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
     """The (…, L, L) attention matrix ``A_ij ∝ exp(x_i W_KQ x_jᵀ)``, rows summing to 1
     (``A_ii = 0`` if ``mask_self``). On CPU short rows take the equal, faster
-    :func:`mtgmm.fast.row_softmax`."""
+    ``mtgmm.fast.row_softmax``."""
     scores = (x @ w_kq) @ x.transpose(-1, -2)  # s_ij = x_i W_KQ x_jᵀ
     if mask_self:
         scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))

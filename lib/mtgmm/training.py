@@ -3,7 +3,7 @@
 :func:`train` fits one :class:`~mtgmm.attention.AttentionDenoiser` at one noise level with
 autograd and ``torch.optim``: the reference a reader follows. :func:`train_bank` fits all T
 layers of an :class:`~mtgmm.attention.AttentionBank` in one batched pass per step (with the
-faster, equal pieces of :mod:`mtgmm.fast`). Every step draws fresh sequences
+faster, equal pieces of ``mtgmm.fast``). Every step draws fresh sequences
 (:func:`~mtgmm.objective.noisy_batch`), so training is minibatch SGD on the *population*
 objective. The default recipe (similarity start, least-squares warm start of the readout,
 plain SGD with step ``0.3 / λ_max(M̂)`` and a cosine decay) is explained in the chapter.
@@ -432,7 +432,7 @@ def train_bank(
     Each step draws ``batch_size`` fresh sequences for every timestep, ``(T·B, L, d)`` in
     all, runs them grouped by timestep through the bank
     (:func:`~mtgmm.attention.timestep_layers`, in chunks, loss and gradient in one pass:
-    :class:`mtgmm.fast.BankLoss`) and minimises the sum over timesteps of the per-timestep
+    ``mtgmm.fast.BankLoss``) and minimises the sum over timesteps of the per-timestep
     mean loss: layer t receives the gradient :func:`train` would give it. The step size is
     per timestep (``lr_scale / λ_max(M̂_t)`` by default): the curvature in W_S is
     ``2 M_t = 2 E[x_t x_tᵀ]``, whose top eigenvalue runs from about ``ᾱ r²/K + s_t²`` at
