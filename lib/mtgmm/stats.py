@@ -49,7 +49,11 @@ def fit_power_law(x, y, y_stderr) -> PowerLaw:
     it covers model misfit as well as noise.
     """
     x, y, se = (
-        np.asarray(torch.as_tensor(v, dtype=torch.float64)) for v in (x, y, y_stderr)
+        torch.as_tensor(np.array(v) if isinstance(v, np.ndarray) else v)
+        .to(torch.float64)
+        .cpu()
+        .numpy()
+        for v in (x, y, y_stderr)
     )
     if x.ndim != 1 or x.shape != y.shape or y.shape != se.shape or len(x) < 3:
         raise ValueError("x, y and y_stderr must be 1-D arrays of the same length >= 3")
