@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 import torch
 
 from mtgmm._checks import single_level

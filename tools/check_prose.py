@@ -27,7 +27,9 @@ def main() -> int:
     for path in sorted((ROOT / "book").glob("*.md")) + [ROOT / "README.md"]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if m := PATTERN.search(line):
-                bad.append(f"{path.relative_to(ROOT)}:{n}: {m.group(0)!r}: {line.strip()}")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{n}: {m.group(0)!r}: {line.strip()}"
+                )
     print("\n".join(bad) or "prose check: no citation of unseen material")
     return 1 if bad else 0
 
