@@ -38,12 +38,12 @@ def haar_orthogonal(
 
 
 class RotatedGMM(MultiTokenGMM):
-    """A :class:`~mtgmm.MultiTokenGMM` whose means are moved by a fresh random map g per
+    """A :class:`~mtgmm.mixture.MultiTokenGMM` whose means are moved by a fresh random map g per
     sequence: ``F = μ gᵀ`` (rows ``g μ_k``), g Haar on O(d) (``group="orthogonal"``) or a
     random sign per mean (``group="sign"``: ``F_k = ±μ_k``).
 
     ``means`` stays the reference frame μ, so the class is accepted wherever a
-    ``MultiTokenGMM`` is (:func:`~mtgmm.train`, :func:`~mtgmm.train_bank`, the metrics);
+    ``MultiTokenGMM`` is (:func:`~mtgmm.training.train`, :func:`~mtgmm.training.train_bank`, the metrics);
     note that their built-in excess is measured against the fixed-means oracle of μ.
     """
 
@@ -55,7 +55,7 @@ class RotatedGMM(MultiTokenGMM):
 
     @classmethod
     def orthogonal(cls, n_clusters, dim, radius, sigma0=0.0, seed=0, dtype=None):
-        """As :meth:`MultiTokenGMM.orthogonal`, with Haar frames per sequence."""
+        """As :meth:`mtgmm.mixture.MultiTokenGMM.orthogonal`, with Haar frames per sequence."""
         base = MultiTokenGMM.orthogonal(n_clusters, dim, radius, sigma0, seed, dtype)
         return cls(base.means, base.weights, base.sigma0)
 
@@ -102,7 +102,7 @@ class RotatedGMM(MultiTokenGMM):
         return x0, labels, frames
 
     def sample(self, n, n_tokens, generator=None) -> tuple[Tensor, Tensor]:
-        """``(x0, labels)`` as :meth:`MultiTokenGMM.sample`, each sequence its own frame."""
+        """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, each sequence its own frame."""
         x0, labels, _ = self.sample_frames(n, n_tokens, generator)
         return x0, labels
 
@@ -147,7 +147,7 @@ def _frame_eps(gmm, frames, x_t, a, b, s2) -> tuple[Tensor, Tensor]:
 def known_means_eps(
     gmm: MultiTokenGMM, x_t: Tensor, frames: Tensor, alpha_bar
 ) -> Tensor:
-    """E[ε | x_t, F]: the fixed-means oracle of :func:`~mtgmm.oracle_eps` with means
+    """E[ε | x_t, F]: the fixed-means oracle of :func:`~mtgmm.oracle.oracle_eps` with means
     ``frames`` (n, K, d), sequence by sequence; ``x_t`` (n, L, d), ``alpha_bar`` a number
     or one level per token ``(L,)``."""
     if frames.ndim != 3 or frames.shape[1:] != gmm.means.shape:
