@@ -43,8 +43,9 @@ class RotatedGMM(MultiTokenGMM):
     random sign per mean (``group="sign"``: ``F_k = ±μ_k``).
 
     ``means`` stays the reference frame μ, so the class is accepted wherever a
-    ``MultiTokenGMM`` is (:func:`~mtgmm.training.train`, :func:`~mtgmm.training.train_bank`, the metrics);
-    note that their built-in excess is measured against the fixed-means oracle of μ.
+    ``MultiTokenGMM`` is (:func:`~mtgmm.training.train`,
+    :func:`~mtgmm.training.train_bank`, the metrics); note that their built-in excess
+    is measured against the fixed-means oracle of μ.
     """
 
     def __init__(self, means, weights=None, sigma0: float = 0.0, group="orthogonal"):
@@ -102,7 +103,8 @@ class RotatedGMM(MultiTokenGMM):
         return x0, labels, frames
 
     def sample(self, n, n_tokens, generator=None) -> tuple[Tensor, Tensor]:
-        """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, each sequence its own frame."""
+        """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, each sequence
+        its own frame."""
         x0, labels, _ = self.sample_frames(n, n_tokens, generator)
         return x0, labels
 
