@@ -9,7 +9,7 @@ evaluated on one fixed sample (the same at every iterate), minimised by L-BFGS f
 of a few starts on the line ``W_KQ = c (P − J)``, and the minimiser is scored on fresh
 sequences. Regressing on ε* rather than ε gives the same minimiser with less noise.
 
-See the chapter `A map of the gap <../gap.html#the-best-model-in-the-symmetric-class>`_.
+See the chapter `A map of the gap <../gap.html#the-best-model-in-the-symmetric-class>`__.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class MultiTokenGMM:
         weights: ``(K,)`` mixing distribution π (uniform when ``None``).
         sigma0: within-cluster standard deviation σ0 ≥ 0.
 
-    See the chapter `Mixture <../mixture.html#the-data-model>`_.
+    See the chapter `Mixture <../mixture.html#the-data-model>`__.
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class MultiTokenGMM:
         """s² = a² σ0² + b² = ᾱ σ0² + 1 − ᾱ, the variance of a noisy token around a μ_k.
 
         The one place this formula lives; ``alpha_bar`` of any shape broadcasts, and the
-        result has its shape. See the chapter `Mixture <../mixture.html#the-noisy-marginal>`_.
+        result has its shape. See the chapter `Mixture <../mixture.html#the-noisy-marginal>`__.
         """
         ab = alpha_bar_tensor(alpha_bar)
         return ab * self.sigma0**2 + (1 - ab)
@@ -202,7 +202,7 @@ def add_noise(
     """The forward process: ``x_t = √ᾱ x0 + √(1-ᾱ) ε``. Returns ``(x_t, ε)``.
 
     ``alpha_bar`` is a float or a tensor broadcastable over the leading dims of ``x0``.
-    See the chapter `DDPM <../ddpm.html#the-forward-process>`_.
+    See the chapter `DDPM <../ddpm.html#the-forward-process>`__.
     """
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x0), x0)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -58,7 +58,7 @@ def excess_risk(
 ) -> tuple[float, float]:
     """Per-token excess risk ``E‖f(X_t)_l − ε*(x_{t,l})‖²`` with a standard error.
 
-    See the chapter `DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`_.
+    See the chapter `DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`__.
 
     Estimated on ``n_sequences`` fresh sequences of ``n_tokens`` tokens; the error bar treats
     sequences (not tokens, which interact through attention) as the independent units.

@@ -51,7 +51,7 @@ def posterior_weights(
 ) -> Tensor:
     """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``.
 
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
     """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     return torch.softmax(_posterior_logits(gmm, x_t, a, s2, means), dim=-1)
@@ -65,7 +65,7 @@ def _posterior_cluster_mean(gmm, x_t, a, s2, means) -> Tensor:
 def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
     """E[x0 | x_t] = m + (a σ0² / s²)(x_t − a m), shape of ``x_t``.
 
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
     """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
@@ -77,7 +77,7 @@ def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Ten
 def oracle_eps(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
     """ε*(x_t) = E[ε | x_t] = (b / s²)(x_t − a m(x_t)), shape of ``x_t`` (0 where b = 0).
 
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`_.
+    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
     """
     a, b, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
@@ -192,7 +192,7 @@ def bayes_risk_estimates(
     variance is never larger). The reported value is the minimum-variance linear
     combination of the identity and the posterior variance, with λ from the sample
     covariances. ``alpha_bar`` of shape ``(A,)`` gives fields of shape ``(A,)``. See the
-    chapter `Mixture <../mixture.html#the-bayes-risk>`_.
+    chapter `Mixture <../mixture.html#the-bayes-risk>`__.
     """
     n_samples = positive_int(n_samples, "n_samples")
     batch_size = positive_int(batch_size, "batch_size")

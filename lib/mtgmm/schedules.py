@@ -21,7 +21,7 @@ class NoiseSchedule:
 
     Attributes are tensors of shape ``(T,)``: ``alpha_bar`` (ᾱ_t), ``a`` (√ᾱ_t),
     ``b`` (√(1-ᾱ_t)), ``snr`` (ᾱ_t / (1-ᾱ_t)), ``betas`` (β_t) and ``alphas`` (1-β_t).
-    See the chapter `DDPM <../ddpm.html#the-forward-process>`_.
+    See the chapter `DDPM <../ddpm.html#the-forward-process>`__.
     """
 
     def __init__(

@@ -144,7 +144,7 @@ class TrainingHistory:
 
 @dataclass(frozen=True)
 class BankHistory:
-    """What :func:`train_bank` (or :func:`train_bank_loop`) logged.
+    """What :func:`train_bank` (or ``mtgmm.fast.train_bank_loop``) logged.
 
     Attributes:
         step: updates done at each log point.
