@@ -121,13 +121,17 @@ def stub_headers(sol: Solution) -> list[str]:
 def hidden_lines(sol: Solution, outside: set[str]) -> list[str]:
     """The solution's code lines that appear nowhere else in the chapter (so must vanish).
 
-    The headers of its functions stay: the student edition leaves them as a stub.
+    The headers of its functions stay, with their docstrings (what the function must
+    return): the student edition leaves them as a stub.
     """
     headers = set(stub_headers(sol))
     return [
         " ".join(c.split())
         for c in sol.code
-        if c not in outside and len(c) >= 8 and " ".join(c.split()) not in headers
+        if c not in outside
+        and len(c) >= 8
+        and " ".join(c.split()) not in headers
+        and not c.strip().startswith(('"""', "'''"))
     ]
 
 
