@@ -122,7 +122,7 @@ def _levels(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar) -> tuple[Tensor, ...]:
             f"got shape {tuple(ab.shape)}"
         )
     ab = ab.expand(x_t.shape[-2])
-    s2 = ab * gmm.sigma0**2 + (1 - ab)
+    s2 = gmm.noise_variance(ab)
     if bool((s2 <= 0).any()):
         raise ValueError("alpha_bar = 1 needs sigma0 > 0 (the token law is degenerate)")
     return ab.sqrt(), (1 - ab).sqrt(), s2

@@ -33,6 +33,7 @@ from .attention import (
 from .mixture import MultiTokenGMM, add_noise
 from .objective import noisy_batch
 from .oracle import oracle_eps
+from .stats import mean_stderr
 
 WeightsLike = (
     AttentionDenoiser | AttentionBank | Sequence[Tensor] | Mapping[str, Tensor]
@@ -98,7 +99,7 @@ def _levels(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor):
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=q), q)
     return (
         ab.sqrt(),
-        ab * gmm.sigma0**2 + (1 - ab),
+        gmm.noise_variance(ab),
         gmm.means.to(q),
         gmm.log_weights.to(q),
     )
@@ -155,12 +156,6 @@ def _single_level(alpha_bar: float | Tensor) -> float:
     return float(ab)
 
 
-def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
-    n = values.shape[0]
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return values.mean().item(), stderr
-
-
 def limit_excess(
     weights: WeightsLike,
     gmm: MultiTokenGMM,
@@ -181,7 +176,7 @@ def limit_excess(
         gap = layer_limit(weights, g64, ab, x) - oracle_eps(g64, x, ab)
         parts.append((gap**2).sum(-1))
         done += x.shape[0]
-    return _mean_and_stderr(torch.cat(parts))
+    return mean_stderr(torch.cat(parts))
 
 
 # ------------------------------------------------------------- effective sample size
@@ -475,7 +470,7 @@ def measured_token_gap(
         limit = ((layer_limit(w, g64, ab, x_t) - eps_star) ** 2).sum(-1)
         parts.append((finite - limit).mean(-1))
         done += x_t.shape[0]
-    return _mean_and_stderr(torch.cat(parts))
+    return mean_stderr(torch.cat(parts))
 
 
 def predicted_excess(
