@@ -133,17 +133,28 @@ def attention_error_bound(
 
 @dataclass(frozen=True)
 class ExcessBound:
-    """Two-sided bound on the excess risk per token at L tokens (Monte Carlo over the
-    query token, each with its standard error): ``lower`` ≤ E_L ≤ ``upper``; ``limit`` is
-    E_∞, the excess of the infinite-token layer."""
+    """Two-sided bound on the excess risk per token at L tokens, split as E_L = E_∞ + (E_L −
+    E_∞): ``limit`` is E_∞ (the infinite-token layer's excess) and ``gap_lower`` ≤ E_L −
+    E_∞ ≤ ``gap_upper``; each is a Monte Carlo mean over query tokens with its standard
+    error (``*_stderr``)."""
 
     n_tokens: int
-    upper: float
-    upper_stderr: float
-    lower: float
-    lower_stderr: float
     limit: float
     limit_stderr: float
+    gap_upper: float
+    gap_upper_stderr: float
+    gap_lower: float
+    gap_lower_stderr: float
+
+    @property
+    def upper(self) -> float:
+        """The upper bound on E_L."""
+        return self.limit + self.gap_upper
+
+    @property
+    def lower(self) -> float:
+        """The lower bound on E_L."""
+        return self.limit + self.gap_lower
 
 
 def excess_bound(
@@ -171,10 +182,12 @@ def excess_bound(
     ]
     bias = torch.stack([b.bias for b in bounds]).amin(0)
     up = torch.stack([2 * gap.sqrt() * b.bias + b.second for b in bounds]).amin(0)
-    upper, upper_se = mean_stderr(gap + up)
-    lower, lower_se = mean_stderr(gap - 2 * gap.sqrt() * bias)
-    limit, limit_se = mean_stderr(gap)
-    return ExcessBound(n_tokens, upper, upper_se, lower, lower_se, limit, limit_se)
+    return ExcessBound(
+        n_tokens,
+        *mean_stderr(gap),
+        *mean_stderr(up),
+        *mean_stderr(-2 * gap.sqrt() * bias),
+    )
 
 
 def oracle_gap(
