@@ -17,7 +17,7 @@ PIP := $(PY) -m pip install --quiet $(FIND_LINKS) -c constraints.txt
 # Keep equal to DETERMINISTIC_ENV in tools/notebooks.py.
 DET_ENV := env -u MTGMM_PRESET CUDA_VISIBLE_DEVICES= MTGMM_DEVICE=cpu PYTHONHASHSEED=0 \
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-LINT_PATHS := lib tests tools benchmarks
+LINT_PATHS := lib tests tools benchmarks assignments
 # chapter code, as executed (book/ruff.toml: lines ≤ 88)
 CHAPTER_NOTEBOOKS := $(wildcard book/*.ipynb)
 CHAPTERS ?=
@@ -35,7 +35,8 @@ SITE_PYTEST := $(PY) -m pytest -p no:cacheprovider
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help bootstrap book notebooks test lint format format-chapters clean distclean \
-	site-deps chromium test-site test-layout test-colab student site-url
+	site-deps chromium test-site test-layout test-colab student site-url \
+	assignments test-assignments grade
 
 help:
 	@echo "make book       execute every chapter and build the HTML into _build/html"
@@ -46,6 +47,11 @@ help:
 	@echo "                figure sizes; screenshots in _build/screenshots) and the student edition"
 	@echo "make test-layout equations, tables, code and figure text of every page (not in make test yet)"
 	@echo "make student    the student edition (no solutions) into _build/student/html, checked"
+	@echo "make assignments graded assignments (Otter-Grader) into _build/assignments/X: student"
+	@echo "                notebook and visible tests, autograder zip, solution notebook"
+	@echo "make grade CHAPTER=X SUBMISSIONS=dir  grade a folder of submitted notebooks (CSV)"
+	@echo "make test-assignments  every assignment graded: solution, blank and wrong answers"
+	@echo "                (make test grades ASSIGNMENT_CHAPTERS, default ddpm and mixture)"
 	@echo "make test-colab each chapter notebook run as in Colab, installing from this checkout"
 	@echo "make site-url   print the address the book is published at (GitHub Pages)"
 	@echo "make notebooks  regenerate the executed book/*.ipynb from book/*.md"
@@ -61,7 +67,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing the pinned stack into $(VENV) (constraints.txt)"
 	@# torch first, pinned, so that resolving the rest can never pull a CUDA build
 	$(PIP) torch
-	$(PIP) -e ".[test,book,site]"
+	$(PIP) -e ".[test,book,site,assign]"
 	@if $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "error: CUDA packages were installed into $(VENV)" >&2; exit 1; fi
 	@# build matplotlib's font cache now, or its first-import notice lands in a notebook output
@@ -132,6 +138,27 @@ student: bootstrap
 	$(SITE_PYTEST) -q tests/site/test_student.py
 	@echo "Student edition: $(abspath _build/student/html/index.html)"
 	@echo "Student notebooks: $(abspath _build/student/notebooks)"
+
+# Graded assignments with Otter-Grader (tools/build_assignments.py, questions in assignments/X.py)
+CHAPTER ?=
+SUBMISSIONS ?=
+assignments: bootstrap
+	$(DET_ENV) $(PY) tools/build_assignments.py $(CHAPTERS)
+	@echo "Assignments: $(abspath _build/assignments)/X/{student,autograder}"
+
+# Grade a folder of submitted notebooks locally (no Docker): grades.csv in the folder
+grade: bootstrap
+	@test -n "$(CHAPTER)" -a -d "$(SUBMISSIONS)" || { \
+		echo "usage: make grade CHAPTER=mixture SUBMISSIONS=path/to/notebooks" >&2; exit 2; }
+	@test -f _build/assignments/$(CHAPTER)/autograder/$(CHAPTER)-autograder.zip || \
+		$(MAKE) --no-print-directory assignments CHAPTERS=$(CHAPTER)
+	$(DET_ENV) $(PY) tools/grade_assignments.py \
+		_build/assignments/$(CHAPTER)/autograder/$(CHAPTER)-autograder.zip $(SUBMISSIONS)
+
+# Every chapter's assignment graded (solution, blank and wrong answers): minutes per chapter.
+# `make test` runs the same test for ASSIGNMENT_CHAPTERS (default: ddpm mixture).
+test-assignments: bootstrap
+	ASSIGNMENT_CHAPTERS=all $(DET_ENV) $(PY) -m pytest -p no:cacheprovider tests/test_assignments.py
 
 # Executes every chapter again, in a fresh venv: minutes. In `make test` only with TEST_COLAB=1.
 test-colab: bootstrap
