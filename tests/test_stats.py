@@ -57,3 +57,18 @@ def test_exact_power_law_and_prediction():
 def test_bad_input_is_rejected(x, y, se):
     with pytest.raises(ValueError):
         fit_power_law(x, y, se)
+
+
+def test_misfit_inflates_the_slope_error():
+    """Points that scatter more than their error bars: the slope's standard error is the
+    weighted-least-squares one times √(χ²/dof), as the tokens chapter's tail fits rely on."""
+    x = 2.0 ** np.arange(3, 10)
+    se = 0.01 * x**-0.5
+    wiggle = np.where(np.arange(len(x)) % 2 == 0, 1.1, 0.9)  # ±10%, ten error bars
+    fit = fit_power_law(x, x**-0.5 * wiggle, se * wiggle)
+    assert fit.chi2_per_dof > 10
+    w = (1 / 0.01) ** 2 * np.ones_like(x)  # (y / se)² is the same at every point
+    design = np.stack([np.ones_like(x), np.log(x)], 1)
+    plain = np.sqrt(np.linalg.inv(design.T @ (w[:, None] * design))[1, 1])
+    assert fit.slope_stderr == pytest.approx(plain * np.sqrt(fit.chi2_per_dof))
+    assert fit.slope == pytest.approx(-0.5, abs=0.05)
