@@ -3,9 +3,9 @@
 1. Bank training over T = 100 timesteps (cosine schedule): :func:`mtgmm.training.train_bank`
    (all timesteps batched, :meth:`mtgmm.AttentionBank.by_timestep`) against
    :func:`mtgmm.fast.train_bank_loop` (a Python loop over timesteps, each layer trained
-   by :func:`mtgmm.train`'s recipe), with the quick preset's batch sizes
-   (:func:`mtgmm.experiments.sampling.bank_recipe`: 64 sequences per timestep at L = 8, 8 at
-   L = 128). Both get identical options and do the same work: the same steps and sequences
+   by :func:`mtgmm.train`'s recipe), with the batch sizes of the sampling chapter's quick
+   preset (:func:`bank_recipe`: 64 sequences per timestep at L = 8, 8 at L = 128). Both
+   get identical options and do the same work: the same steps and sequences
    per timestep, the same calibration, warm start and final evaluation (batched: once over
    all timesteps; loop: once per timestep), the same attention kernel. Each round times both
    methods at two step counts, A B A B, so both see the same background load; per round,
@@ -51,10 +51,8 @@ import torch
 import mtgmm
 from mtgmm import AttentionBank, MultiTokenGMM, NoiseSchedule
 from mtgmm.attention import attend_explicit, attend_fused
-from mtgmm.experiments.sampling import bank_recipe
 from mtgmm.fast import BankLoss, train_bank_loop, uses_fused
 from mtgmm.objective import ddpm_loss
-from mtgmm.runtime import set_preset
 from mtgmm.training import _sampler, train_bank
 
 D = 8
@@ -62,6 +60,19 @@ N_STEPS_T = 100
 REQUIRED_SPEEDUP = 5.0
 README = Path(__file__).with_name("README.md")
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+
+
+def bank_recipe(
+    n_tokens: int,
+    short: tuple[int, int] = (300, 64),
+    long: tuple[int, int] = (100, 8),
+    longest_short: int = 32,
+) -> tuple[int, int]:
+    """(steps, sequences per timestep) for a bank at L = ``n_tokens``: ``short`` up to
+    L = ``longest_short``, ``long`` beyond. The defaults are the sizes of the sampling
+    chapter's quick preset (its ``SIZES`` cell); at L = 128 they keep a step at
+    T·B·L² ≈ 6.6 million attention scores for T = 50."""
+    return short if n_tokens <= longest_short else long
 
 
 @dataclass(frozen=True)
@@ -489,13 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = "quick" if args.quick else "full" if args.full else "default"
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    set_preset("quick")  # the quick preset's bank batch sizes (bank_recipe)
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stdout(Tee(sys.stdout, buffer)):
             ok = report(device, preset, PRESETS[preset])
     finally:  # leave the process as it was (tests call main in-process)
-        set_preset(None)
         torch.set_num_threads(threads)
     if args.readme:
         write_readme(buffer.getvalue())
