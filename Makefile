@@ -52,7 +52,8 @@ help:
 	@echo "make grade CHAPTER=X SUBMISSIONS=dir  grade a folder of submitted notebooks (CSV)"
 	@echo "make test-assignments  every assignment graded: solution, blank and wrong answers"
 	@echo "                (make test grades ASSIGNMENT_CHAPTERS, default ddpm and mixture)"
-	@echo "make test-colab each chapter notebook run as in Colab, installing from this checkout"
+	@echo "make test-colab each chapter notebook run as in Colab, installing from this checkout,"
+	@echo "                and each assignment's student notebook"
 	@echo "make site-url   print the address the book is published at (GitHub Pages)"
 	@echo "make notebooks  regenerate the executed book/*.ipynb from book/*.md"
 	@echo "                (CHAPTERS='notation mixture' to limit)"
@@ -137,7 +138,7 @@ student: bootstrap
 	$(PY) tools/build_student.py
 	$(SITE_PYTEST) -q tests/site/test_student.py
 	@echo "Student edition: $(abspath _build/student/html/index.html)"
-	@echo "Student notebooks: $(abspath _build/student/notebooks)"
+	@echo "Notebooks to hand out: make assignments"
 
 # Graded assignments with Otter-Grader (tools/build_assignments.py, questions in assignments/X.py)
 CHAPTER ?=
@@ -162,7 +163,7 @@ test-assignments: bootstrap
 
 # Executes every chapter again, in a fresh venv: minutes. In `make test` only with TEST_COLAB=1.
 test-colab: bootstrap
-	$(SITE_PYTEST) tests/site/test_colab.py
+	$(SITE_PYTEST) tests/site/test_colab.py tests/site/test_colab_assignments.py
 
 site-url: bootstrap
 	@$(PY) tools/site_url.py

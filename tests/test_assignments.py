@@ -55,13 +55,23 @@ def test_question_files_name_their_chapters():
 
 
 def test_every_coding_exercise_is_graded():
-    """Of the chapters with a question file, each exercise that asks for a function."""
+    """Of the chapters with a question file, each exercise that asks for a function: its
+    solution defines a function that the chapter's text outside the solutions names."""
     for chapter in ba.chapters_with_questions():
         nb = nbformat.read(ba.BOOK / f"{chapter}.ipynb", as_version=4)
-        solutions = [
-            s for s in ba.split_chapter(nb.cells) if isinstance(s, ba.Solution)
-        ]
-        coding = {s.label for s in solutions if s.functions}
+        items = ba.split_chapter(nb.cells)
+        text = "\n".join(
+            c["source"]
+            for c in items
+            if isinstance(c, dict) and c["cell_type"] == "markdown"
+        )
+        coding = {
+            s.label
+            for s in items
+            if isinstance(s, ba.Solution)
+            and any(f"`{name}" in text for name in s.functions)
+        }
+        assert coding, chapter
         assert coding <= set(ba.load_questions(chapter)), chapter
 
 
@@ -221,3 +231,45 @@ def test_student_notebook_runs_top_to_bottom(built, chapter, tmp_path):
         and ba.RAISES not in c.metadata.get("tags", [])
     ]
     assert not failed, failed
+
+
+def _run_test_cell(cell_source: str, env: dict) -> bool:
+    """Run one generated otter test cell against ``env``; whether it passed."""
+    import inspect
+
+    namespace: dict = {}
+    exec(compile(cell_source, "<test cell>", "exec"), namespace)
+    test = next(v for k, v in namespace.items() if k.startswith("test_"))
+    args = [env.get(p) for p in inspect.signature(test).parameters]
+    try:
+        test(*args)
+    except Exception:  # noqa: BLE001 (any failure fails the test, as in otter)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("chapter", ba.chapters_with_questions())
+def test_question_tests_without_a_notebook(chapter):
+    """Fast, for every chapter with questions: the generated tests, run in this process,
+    pass on the solution, fail on a blank answer, and the stored ones fail on the wrong one.
+    """
+    book = nbformat.read(ba.BOOK / f"{chapter}.ipynb", as_version=4)
+    items = ba.split_chapter(book.cells)
+    solutions = {s.label: s for s in items if isinstance(s, ba.Solution)}
+    code = [c for c in items if isinstance(c, dict) and c["cell_type"] == "code"]
+    preamble = ba._strip_magics(code[1]["source"])
+    for q in ba.load_questions(chapter).values():
+        sol = solutions[q.label]
+        env = ba.solution_namespace(sol, preamble, q.setup)
+        cells = [c["source"] for c in ba.test_cells(q, env)]
+        assert all(_run_test_cell(c, env) for c in cells), f"{q.label}: solution fails"
+        blank = dict(env, **{q.function: lambda *args, **kwargs: None})
+        assert not any(_run_test_cell(c, blank) for c in cells), (
+            f"{q.label}: blank passes"
+        )
+        wrong_code = ba.wrong_code(q, sol.code)
+        wrong_sol = ba.Solution(q.label, [{"cell_type": "code", "source": wrong_code}])
+        wrong = ba.solution_namespace(wrong_sol, preamble, q.setup)
+        for cell, (kind, _, _) in zip(cells, q.tests, strict=True):
+            if kind == "stored":
+                assert not _run_test_cell(cell, wrong), f"{q.label}: wrong passes"

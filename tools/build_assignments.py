@@ -1,9 +1,9 @@
 """Build graded assignments from the chapters with Otter-Grader (``make assignments``).
 
-For each chapter ``book/X.md`` with a question file ``assignments/X.py``, this script writes an
-Otter Assign master notebook ``_build/assignments/X/master/X.ipynb`` from the committed, paired
-``book/X.ipynb`` (so the chapter text stays single-sourced) and runs ``otter assign`` on it,
-which writes
+For each chapter ``book/X.md`` with exercises (its graded questions in ``assignments/X.py``),
+this script writes an Otter Assign master notebook ``_build/assignments/X/master/X.ipynb``
+from the committed, paired ``book/X.ipynb`` (so the chapter text stays single-sourced) and
+runs ``otter assign`` on it, which writes
 
 - ``_build/assignments/X/student/X.ipynb`` and ``student/tests/``: the notebook to hand out,
   with the visible tests a student may run (``grader.check("name")``);
@@ -37,7 +37,8 @@ How a chapter becomes an assignment:
   visible tests next to the notebook; an otter cell (``grader = otter.Notebook()``) follows it.
 
 ``python tools/build_assignments.py [X ...]`` builds the named chapters (default: every chapter
-with a question file). ``--wrong X:name`` builds the solution notebook with the question's
+with exercises; one without a question file has manually graded questions only, and keeps its
+check cells). ``--wrong X:name`` builds the solution notebook with the question's
 deliberately wrong variant (its ``wrong`` substitution) instead, for the tests.
 """
 
@@ -173,8 +174,9 @@ class Question:
     package: list[str] = field(default_factory=list)
     forbid: list[str] = field(default_factory=list)
     route: str | None = None
-    wrong: tuple[str, str] | None = None
+    wrong: tuple[str, str] | str | None = None
     tolerance: dict = field(default_factory=lambda: {"rtol": 1e-6, "atol": 1e-9})
+    setup: str = ""  # the chapter's variables that the solution or the tests read
 
     @property
     def points(self) -> int:
@@ -182,7 +184,10 @@ class Question:
 
 
 def load_questions(chapter: str) -> dict[str, Question]:
+    """The graded questions of a chapter (none without a question file)."""
     path = QUESTION_DIR / f"{chapter}.py"
+    if not path.exists():
+        return {}
     spec = importlib.util.spec_from_file_location(f"assignments_{chapter}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -217,7 +222,8 @@ def _independence(question: Question, indent: str = "    ") -> str:
                 return found
 
             assert callable({f}), "{f} is not defined"
-            assert not getattr({f}, "__module__", "").startswith("mtgmm"), "{f} is mtgmm's"
+            _module = getattr({f}, "__module__", None) or ""
+            assert not _module.startswith("mtgmm"), "{f} is mtgmm's own"
             _used = _names({f}.__code__) & {set(question.forbid)!r}
             assert not _used, f"{f} may not use {{sorted(_used)}}"
             """
@@ -266,7 +272,11 @@ def test_cells(question: Question, solution_env: dict | None) -> list[dict]:
     for i, (kind, points, func) in enumerate(question.tests):
         hidden = kind != "visible"
         name = f"test_{i}_{func.__name__}"
-        lines = [f"def {name}({f}):"]
+        # the first parameter is the student's function; others are notebook variables
+        params = ", ".join(inspect.signature(func).parameters)
+        if not params.startswith(f):
+            raise ValueError(f"{question.label}: {func.__name__} must take {f} first")
+        lines = [f"def {name}({params}):"]
         lines.append(f'    """{(func.__doc__ or func.__name__).strip()}"""')
         if hidden:
             lines.append(_independence(question).rstrip("\n"))
@@ -275,17 +285,17 @@ def test_cells(question: Question, solution_env: dict | None) -> list[dict]:
             import numpy as np
 
             tol = question.tolerance
-            expected = _stored(func, solution_env, f)
+            expected = _stored(func, solution_env)
             lines.append(textwrap.indent(COMPARE, "    ").rstrip("\n"))
             lines.append("    import numpy as np")
             lines.append(f"    expected = {_literal(expected)}")
             lines.append(
-                f"    _compare(_as_array({func.__name__}({f})), expected, "
+                f"    _compare(_as_array({func.__name__}({params})), expected, "
                 f"rtol={tol['rtol']!r}, atol={tol['atol']!r})"
             )
             del np
         else:
-            lines.append(f"    {func.__name__}({f})")
+            lines.append(f"    {func.__name__}({params})")
         config = (
             f'""" # BEGIN TEST CONFIG\npoints: {points}\nhidden: {hidden}\n'
             '""" # END TEST CONFIG\n'
@@ -296,7 +306,7 @@ def test_cells(question: Question, solution_env: dict | None) -> list[dict]:
     return cells
 
 
-def _stored(func, env: dict, name: str):
+def _stored(func, env: dict):
     """The value the solution gives a stored test, as nested lists of float arrays."""
     import numpy as np
     import torch
@@ -308,13 +318,31 @@ def _stored(func, env: dict, name: str):
             return value.detach().cpu().double().numpy()
         return np.asarray(value, dtype=float)
 
-    return as_array(func(env[name]))
+    return as_array(func(*(env[p] for p in inspect.signature(func).parameters)))
 
 
-def solution_namespace(solution: Solution, preamble: str) -> dict:
-    """The solution's functions, executed after the chapter's imports (``preamble``)."""
+def wrong_code(question: Question, code: str) -> str:
+    """The solution's code with the question's deliberately wrong answer.
+
+    ``wrong`` is either ``(old, new)``, a substitution in the code (a sign error), or the
+    source of a function that takes the right answer and returns a wrong one, for chapters
+    whose solution code is still changing.
+    """
+    if isinstance(question.wrong, str):
+        f = question.function
+        return f"{code.rstrip()}\n\n\n_right_{f} = {f}\n{f} = ({question.wrong})(_right_{f})\n"
+    old, new = question.wrong
+    if old not in code:
+        raise ValueError(f"{question.label}: {old!r} not in the solution")
+    return code.replace(old, new)
+
+
+def solution_namespace(solution: Solution, preamble: str, setup: str = "") -> dict:
+    """The solution's functions, executed after the chapter's imports (``preamble``) and the
+    question's ``setup`` (the chapter's variables that the function or its tests use)."""
     env: dict = {}
     exec(compile(preamble, "<chapter imports>", "exec"), env)
+    exec(compile(setup, "<question setup>", "exec"), env)
     exec(compile(solution.code, f"<solution {solution.label}>", "exec"), env)
     return env
 
@@ -350,6 +378,25 @@ def mark_solution(code: str) -> str:
     for index, marker in sorted(inserts, reverse=True):
         lines.insert(index, marker)
     return "\n".join(lines) + "\n"
+
+
+def _checks_solution_code(sol: Solution) -> bool:
+    """Whether the code cell after a solution reads what the solution's code defines."""
+    if sol.check is None or not sol.code:
+        return False
+    try:
+        defined = _assigned(ast.parse(_strip_magics(sol.code)))
+        read = _loaded(ast.parse(_strip_magics(sol.check["source"])))
+    except SyntaxError:
+        return True
+    return bool(defined & read)
+
+
+def _only_definitions(code: str) -> bool:
+    tree = ast.parse(_strip_magics(code))
+    return all(
+        isinstance(n, (ast.FunctionDef, ast.Import, ast.ImportFrom)) for n in tree.body
+    )
 
 
 def whole_solution(code: str) -> str:
@@ -508,19 +555,22 @@ def master_notebook(
     # where each graded question goes: its exercise, or before the first cell it routes
     graded = {label: q for label, q in questions.items()}
     # the stored values come from the right solution, also when building a wrong variant
-    envs = {label: solution_namespace(solutions[label], preamble) for label in graded}
+    envs = {
+        label: solution_namespace(solutions[label], preamble, q.setup)
+        for label, q in graded.items()
+    }
     for q in graded.values():
         sol = solutions[q.label]
         if q.function not in sol.functions:
             raise ValueError(f"{q.label}: the solution defines no {q.function}")
         if wrong and wrong == q.function and q.wrong:
-            old, new = q.wrong
             for c in sol.cells:
-                if c["cell_type"] == "code" and old in c["source"]:
-                    c["source"] = c["source"].replace(old, new)
+                if (
+                    c["cell_type"] == "code"
+                    and q.function in Solution("", [c]).functions
+                ):
+                    c["source"] = wrong_code(q, c["source"])
                     break
-            else:
-                raise ValueError(f"{q.label}: {old!r} not in the solution")
 
     moved: dict[int, list[Solution]] = {}
     positions = {id(item): i for i, item in enumerate(items)}
@@ -586,8 +636,19 @@ def master_notebook(
             for c in sol.cells:
                 c = copy.deepcopy(c)
                 if c["cell_type"] == "code":
-                    c["source"] = whole_solution(c["source"])
+                    # functions keep their headers (a stub to complete), other code goes
+                    functions = Solution(sol.label, [c]).functions
+                    c["source"] = (
+                        mark_solution(c["source"])
+                        if functions and _only_definitions(c["source"])
+                        else whole_solution(c["source"])
+                    )
                 out.append(c)
+            if _checks_solution_code(sol):
+                # its check reads what the solution computed: solution notebook only
+                check = copy.deepcopy(sol.check)
+                check["source"] = whole_solution(check["source"])
+                out.append(check)
             out.append(raw("# END SOLUTION"))
             out.append(raw("# END QUESTION"))
             return out
@@ -626,6 +687,11 @@ def master_notebook(
                 i += 1
 
     checks = {id(solutions[label].check) for label in graded if solutions[label].check}
+    checks |= {
+        id(sol.check)
+        for sol in solutions.values()
+        if sol.label not in graded and _checks_solution_code(sol)
+    }
     for i, item in enumerate(items):
         if moved.get(i):
             # before the section that holds the cell: after the last heading of the text
@@ -750,6 +816,17 @@ def build(chapter: str, out: Path, wrong: str | None = None) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder / "master")
     if proc.returncode:
         raise RuntimeError(f"otter assign failed:\n{proc.stdout}\n{proc.stderr}")
+    # the solution notebook without otter's marker comments
+    solution = folder / "autograder" / f"{chapter}.ipynb"
+    nb = nbformat.read(solution, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = "\n".join(
+                line
+                for line in cell.source.splitlines()
+                if line.strip() not in ("# BEGIN SOLUTION", "# END SOLUTION")
+            )
+    nbformat.write(nb, solution)
     for zip_path in (folder / "autograder").glob(f"{chapter}-autograder_*.zip"):
         zip_path.rename(zip_path.with_name(f"{chapter}-autograder.zip"))
     summary = {
@@ -759,6 +836,15 @@ def build(chapter: str, out: Path, wrong: str | None = None) -> Path:
     }
     (folder / "questions.json").write_text(json.dumps(summary, indent=1) + "\n")
     return folder
+
+
+def chapters_with_exercises() -> list[str]:
+    """Every chapter whose notebook has a gated solution: each becomes an assignment."""
+    return sorted(
+        p.stem
+        for p in BOOK.glob("*.ipynb")
+        if "{solution-start}" in p.read_text(encoding="utf-8")
+    )
 
 
 def chapters_with_questions() -> list[str]:
@@ -775,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--wrong", help="QUESTION: build its wrong variant")
     args = parser.parse_args(argv)
-    names = args.chapters or chapters_with_questions()
+    names = args.chapters or chapters_with_exercises()
     for name in names:
         folder = build(name, args.out, args.wrong)
         print(f"build_assignments.py: {name} -> {folder}")
