@@ -2,7 +2,7 @@
 
 The code behind the book *Transformers learn the optimal DDPM denoiser*. Layers, each
 importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` → … →
-``experiments`` → ``plotting``.
+``plotting``. The experiments live in the chapters; the package holds their building blocks.
 """
 
 from . import bounds, incontext, metrics, theory

@@ -1,8 +1,8 @@
 """One figure style for the whole book, and the figures the chapters share.
 
 Colours are the Okabe–Ito palette, safe for the common forms of colour blindness.
-Every function takes the data an ``experiments`` function returned (or tensors) and an
-optional matplotlib ``Axes``; none computes a number of its own.
+Every function takes the data a chapter computed (tensors or arrays) and an optional
+matplotlib ``Axes``; none computes a number of its own.
 """
 
 from __future__ import annotations
