@@ -12,20 +12,17 @@ a config derived from ``_config.yml`` that
 - drops what would hand out the solutions anyway: the launch buttons (they open the full
   notebooks on GitHub), the download button and the copied sources (``_sources``).
 
-It also writes student notebooks, ``_build/student/notebooks/X.ipynb``: the committed notebooks
-with each gated solution removed (one that had code leaves an answer cell: its functions'
-headers with ``...`` for a body) and all outputs cleared, for an instructor to hand out. On the
-student pages too, a solution with functions leaves that stub, and the check cell after a
-solution shows no output (the full edition's would read as the reader's result). The build runs
-with ``-W -n`` like the book's.
+On the student pages a solution with functions leaves a stub (the functions' headers with
+``...`` for a body), and the check cell after a solution shows no output (the full edition's
+would read as the reader's result). The build runs with ``-W -n`` like the book's. The
+notebooks to hand out, with graded questions, come from Otter-Grader: ``make assignments``
+(tools/build_assignments.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,9 +42,6 @@ from build_book import (  # noqa: E402
 OUT = ROOT / "_build" / "student"
 EXTENSION_DIR = ROOT / "tools" / "sphinx_ext"
 ANSWER_CELL = "# Your answer here\n"
-
-START = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution-start\}")
-END = re.compile(r"^(?P<fence>`{3,}|:{3,})\{solution-end\}")
 
 
 def stub_for(code: str) -> str:
@@ -106,109 +100,6 @@ def student_config(config: dict, execute: bool) -> dict:
     return config
 
 
-def strip_solutions(cells: list[dict]) -> tuple[list[dict], int]:
-    """Cells without the gated solutions, and the number removed.
-
-    A solution that had code leaves an answer cell (``stub_for`` its code); the code cell right
-    after a solution (its check cell) loses the full edition's output.
-    """
-    out: list[dict] = []
-    inside = False  # within solution-start … solution-end
-    closing = None  # the fence that closes the directive line being skipped, if any
-    removed = 0
-    had_code = False
-    code: list[str] = []  # the code of the solution being skipped
-    after_solution = False  # the next code cell is the solution's check cell
-    for cell in cells:
-        if cell["cell_type"] != "markdown":
-            if inside:
-                if cell["cell_type"] == "code":
-                    had_code = True
-                    code.append(cell["source"])
-            else:
-                if after_solution and cell["cell_type"] == "code":
-                    # the full edition's output of the check would pass for the reader's
-                    cell = copy.deepcopy(cell)
-                    cell["outputs"], cell["execution_count"] = [], None
-                after_solution = False
-                out.append(cell)
-            continue
-        kept: list[str] = []
-        pieces: list[list[str]] = []
-        for line in cell["source"].splitlines(keepends=True):
-            stripped = line.strip()
-            if closing is not None:
-                if stripped == closing:
-                    closing = None
-                    if not inside:  # the end directive closed: what follows is kept
-                        pieces.append(kept)
-                        kept = []
-                continue
-            if not inside and (m := START.match(stripped)):
-                inside, closing, had_code, code = True, m.group("fence"), False, []
-                pieces.append(kept)
-                kept = []
-                continue
-            if inside and (m := END.match(stripped)):
-                inside, closing = False, m.group("fence")
-                removed += 1
-                # a string: the answer cell that goes there (a stub of the solution's code)
-                pieces.append(stub_for("\n\n".join(code)) if had_code else [])
-                after_solution = True
-                continue
-            if not inside:
-                kept.append(line)
-                if stripped:
-                    after_solution = False  # text between the solution and its check
-        pieces.append(kept)
-        if inside and pieces and pieces[-1] == []:
-            pieces.pop()
-        for piece in pieces:
-            if isinstance(piece, str):
-                out.append(_answer_cell(piece))
-            elif "".join(piece).strip():
-                new = copy.deepcopy(cell)
-                new["source"] = "".join(piece).strip("\n")
-                out.append(new)
-    if inside:
-        raise ValueError("a solution-start has no solution-end")
-    return out, removed
-
-
-def _answer_cell(source: str = ANSWER_CELL) -> dict:
-    return {
-        "cell_type": "code",
-        "metadata": {"tags": ["student-answer"]},
-        "execution_count": None,
-        "outputs": [],
-        "source": source,
-    }
-
-
-def write_student_notebooks() -> list[Path]:
-    import nbformat
-
-    folder = OUT / "notebooks"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    written = []
-    for ipynb in sorted((ROOT / "book").glob("*.ipynb")):
-        nb = nbformat.read(ipynb, as_version=4)
-        cells, _ = strip_solutions(nb.cells)
-        for i, cell in enumerate(cells):
-            cell = nbformat.from_dict(cell)
-            cell["id"] = f"cell-{i}"
-            if cell["cell_type"] == "code":
-                cell["outputs"], cell["execution_count"] = [], None
-            cells[i] = cell
-        nb.cells = cells
-        nbformat.validate(nb)
-        out = folder / ipynb.name
-        nbformat.write(nb, out)
-        written.append(out)
-    return written
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -237,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     (work / "_build" / "html").rename(OUT / "html")
-    notebooks = write_student_notebooks()
     print(f"build_student.py: student edition in {OUT / 'html'}")
-    print(
-        f"build_student.py: {len(notebooks)} student notebook(s) in {OUT / 'notebooks'}"
-    )
     return 0
 
 

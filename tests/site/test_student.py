@@ -4,7 +4,8 @@ Each gated solution of a chapter's source (``solution-start`` … ``solution-end
 ``book/X.md``; its code lines and its phrases of prose must appear in the full book (a check
 that the test looks for the right text) and nowhere in the student edition, while the check
 cell right after it (which asserts the reader's function against ``mtgmm``) must appear in
-both. The student notebooks in ``_build/student/notebooks`` are checked the same way.
+both. (The notebooks to hand out are the assignments' student notebooks, checked by
+tests/test_assignments.py.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
 import pytest
 from bs4 import BeautifulSoup
-from helpers import BUILD, ROOT, is_chapter, toc_docnames
+from helpers import ROOT, is_chapter, toc_docnames
 
 CHAPTERS = [d for d in toc_docnames() if is_chapter(d)]
 # pages with code but no exercises: the landing page
@@ -226,46 +226,3 @@ def test_check_cells_have_output_in_the_full_book(site):
 
 def test_student_site_hands_out_no_sources(student_site):
     assert not (student_site / "_sources").exists(), "_sources holds the full notebooks"
-
-
-@pytest.mark.parametrize("docname", CHAPTERS)
-def test_student_notebook(student_site, docname):
-    sols, outside = solutions(ROOT / f"{docname}.md")
-    path = BUILD / "student" / "notebooks" / f"{Path(docname).name}.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    original = nbformat.read(ROOT / f"{docname}.ipynb", as_version=4)
-    assert nb.cells[0].source == next(c.source for c in original.cells), (
-        "Colab cell first"
-    )
-    sources = "\n".join(c.source for c in nb.cells)
-    assert "solution-start" not in sources and "solution-end" not in sources
-    assert sources.count("exercise-start") == sum(
-        c.source.count("exercise-start") for c in original.cells
-    )
-    code = "\n".join(
-        " ".join(line.split())
-        for c in nb.cells
-        if c.cell_type == "code"
-        for line in c.source.splitlines()
-    )
-    for sol in sols:
-        for line in hidden_lines(sol, outside):
-            assert line not in code.splitlines(), (
-                f"{sol.label}: solution code {line!r} in the notebook"
-            )
-        for phrase in sol.prose:
-            assert phrase not in sources, (
-                f"{sol.label}: solution text {phrase!r} in the notebook"
-            )
-        for line in sol.check:
-            assert " ".join(line.split()) in code, f"{sol.label}: check cell missing"
-    answers = [c for c in nb.cells if "student-answer" in c.metadata.get("tags", [])]
-    assert len(answers) == sum(1 for s in sols if s.code)
-    stubs = "\n".join(
-        " ".join(line.split()) for c in answers for line in c.source.splitlines()
-    )
-    for sol in sols:
-        for header in stub_headers(sol):
-            assert header in stubs.splitlines(), f"{sol.label}: no stub {header!r}"
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
