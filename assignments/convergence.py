@@ -1,8 +1,10 @@
 """Graded questions of the convergence chapter (book/convergence.md), for
 tools/build_assignments.py. See assignments/ddpm.py for the form of the tests.
 
-The chapter is still being rewritten, so the wrong answer is a wrapper (one step too many),
-not an edit of the solution's code.
+The chapter's theorem run uses ``mtgmm.bounds.temperature_iterations`` as a tool, so it stays
+in the student notebook; the graded function may not call it. The chapter is still being
+rewritten, so the wrong answer is a wrapper (one step too many), not an edit of the
+solution's code.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ QUESTIONS = {
             ("hidden", 1, smallest_sufficient),
             ("stored", 2, values),
         ],
-        package=["temperature_iterations"],
         forbid=["temperature_iterations", "bounds", "mtgmm"],
         setup="import math\n",
         tolerance={"rtol": 0, "atol": 0},

@@ -75,6 +75,17 @@ def test_every_coding_exercise_is_graded():
         assert coding <= set(ba.load_questions(chapter)), chapter
 
 
+@pytest.mark.parametrize("chapter", ba.chapters_with_exercises())
+def test_master_notebook_builds(chapter):
+    """Fast, every chapter with exercises: the otter master notebook can be made (a question
+    whose package function a chapter cell calls needs a route, and so on)."""
+    master, graded = ba.master_notebook(chapter)
+    sources = [c.source for c in master.cells]
+    assert sources[0].startswith("# ASSIGNMENT CONFIG")
+    for q in graded.values():
+        assert f"name: {q.function}\npoints: {q.points}" in "\n".join(sources)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("assignments")
