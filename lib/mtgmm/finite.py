@@ -99,11 +99,11 @@ def attention_error_bound(
 
     With n = L − 1, ρ, σ², M₂, M₄ from :func:`key_moments`, r₀ = e^{⟨q, x⟩}/Z (the query's
     own key; 0 if ``mask_self``), u₀ = (x − m_q) W_V and p = exp(−n h²/(2ρ)) (the chance
-    that the normalised denominator falls below 1 − h), for any h in (0, 1):
+    that the normalised denominator falls below 1 − h), for any h in (0, 1)::
 
-        E‖δ‖² ≤ (σ²/n + (r₀/n)² ‖u₀‖²)/(1 − h)² + ‖u₀‖² p + √(n M₄ p),
+        E‖δ‖² ≤ (σ²/n + (r₀/n)² ‖u₀‖²)/(1 − h)² + ‖u₀‖² p + √(n M₄ p)
         ‖Eδ‖ ≤ (r₀/n)‖u₀‖ (1 + √((ρ − 1)/n)/(1 − h)) + √(σ²(ρ − 1))/(n(1 − h))
-               + (√(σ²/n) + √(‖u₀‖² + n M₂)) √p.
+               + (√(σ²/n) + √(‖u₀‖² + n M₂)) √p
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     if n_tokens < 2:
@@ -202,7 +202,7 @@ def oracle_gap(
     With e = qP/‖qP‖, the attention output O (a convex combination of the keys) satisfies
     ⟨m_q − O, e⟩ ≥ Γ(x) − s Ξ₊, Ξ the largest of the n keys' standard normal noises along
     e, where Γ = ⟨m_q, e⟩ − max(⟨x, e⟩, max_k ⟨c_k, e⟩) (the ⟨x, e⟩ term only when the
-    query sees its own key). ``W_V`` must be α P + β P⊥, so that ‖zW_V‖ ≥ |α| |⟨z, e⟩|.
+    query sees its own key). ``W_V`` must be α P + β P⊥, so that ``‖z W_V‖ ≥ |α| |⟨z, e⟩|``.
     Returns (Γ of shape ``(...)``, α).
     """
     w_kq, w_v, _ = as_weights(weights)
