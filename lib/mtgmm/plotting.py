@@ -92,7 +92,7 @@ def plot_tokens(
     ax: plt.Axes | None = None,
     scale: float = 1.0,
     title: str | None = None,
-    size: float = 6.0,
+    marker_size: float = 6.0,
 ) -> plt.Axes:
     """Scatter tokens ``x`` (…, d) projected on :func:`mean_plane`, coloured by cluster, with
     the (scaled) means as crosses."""
@@ -100,7 +100,7 @@ def plot_tokens(
     plane = mean_plane(gmm)
     xy = (x.reshape(-1, gmm.dim).to(torch.float64) @ plane.T).numpy()
     colors = np.array(cluster_colors(gmm.n_clusters))[labels.reshape(-1).numpy()]
-    ax.scatter(xy[:, 0], xy[:, 1], s=size, c=colors, alpha=0.6, linewidths=0)
+    ax.scatter(xy[:, 0], xy[:, 1], s=marker_size, c=colors, alpha=0.6, linewidths=0)
     means = (scale * gmm.means.to(torch.float64) @ plane.T).numpy()
     ax.scatter(means[:, 0], means[:, 1], marker="x", s=60, c="black", linewidths=1.5)
     ax.set_aspect("equal")
