@@ -45,7 +45,7 @@ help:
 	@echo "make test-site  the built book in headless Chromium (math, figures, boxes, links,"
 	@echo "                launch buttons, phone navigation, solution taps, equation, table, code and"
 	@echo "                figure sizes; screenshots in _build/screenshots) and the student edition"
-	@echo "make test-layout equations, tables, code and figure text of every page (not in make test yet)"
+	@echo "make test-layout equations, tables, code and figure text of every page (part of test-site)"
 	@echo "make student    the student edition (no solutions) into _build/student/html, checked"
 	@echo "make assignments graded assignments (Otter-Grader) into _build/assignments/X: student"
 	@echo "                notebook and visible tests, autograder zip, solution notebook"
@@ -124,7 +124,8 @@ $(SITE_NODE): tools/site/package.json tools/site/package-lock.json
 test-site: site-deps
 	CHROMIUM="$$(test -x "$(CHROMIUM)" && echo "$(CHROMIUM)" || command -v chromium)" \
 		$(SITE_PYTEST) tests/site/test_built_html.py \
-		tests/site/test_browser.py tests/site/test_reader.py tests/site/test_student.py
+		tests/site/test_browser.py tests/site/test_reader.py tests/site/test_layout.py \
+		tests/site/test_student.py
 	@echo "Screenshots of every page: $(abspath _build/screenshots)"
 
 # What the chapters write, measured in the browser: equations within the column, tables not
