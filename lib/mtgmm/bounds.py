@@ -76,12 +76,13 @@ import torch
 from scipy import optimize
 from torch import Tensor
 
-from ._checks import alpha_bar_tensor, nonnegative_float, positive_int
+from ._checks import nonnegative_float, positive_int, single_level
 from .attention import SymmetricBasis, attend
 from .best import invariant_matrices, readout_profile
 from .mixture import MultiTokenGMM
 from .objective import noisy_batch
 from .oracle import oracle_eps
+from .stats import mean_stderr
 from .theory import (
     _marginal_tokens,
     _tilted_terms,
@@ -107,16 +108,12 @@ def _level(
     gmm: MultiTokenGMM, alpha_bar: float, what: str
 ) -> tuple[float, MultiTokenGMM, float]:
     """Validate one noise level; return ``(ᾱ, the mixture in float64 on the CPU, s²)``."""
-    ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
-    if ab.numel() != 1:
-        raise ValueError(
-            f"alpha_bar must be a single value, got shape {tuple(ab.shape)}"
-        )
+    ab = single_level(alpha_bar)
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
-    s2 = gmm64.noise_variance(ab.item()).item()
+    s2 = gmm64.noise_variance(ab).item()
     if s2 == 0:
         raise ValueError(f"{what} needs s² = a²σ0² + b² > 0 (not σ0 = 0 with ᾱ = 1)")
-    return ab.item(), gmm64, s2
+    return ab, gmm64, s2
 
 
 @dataclass(frozen=True)
@@ -290,7 +287,7 @@ class _Problem:
             torch.einsum("a,nab,b->n", theta[m:], fluct, theta[m:])
             + 2 * (gap * beta_w).sum(-1)
         ) / (n_tokens - 1)
-        return per_token.std().item() / math.sqrt(per_token.shape[0])
+        return mean_stderr(per_token)[1]
 
     def coefficients(self, temperature: float, theta: Tensor) -> Tensor:
         """(3, 3) reduced coordinates of ``W(c, L)``: rows W_KQ, W_V, W_S."""

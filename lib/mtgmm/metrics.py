@@ -26,6 +26,7 @@ from torch import Tensor
 from ._checks import positive_int
 from .mixture import MultiTokenGMM
 from .oracle import posterior_weights
+from .stats import mean_stderr
 
 
 def _as_sequences(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
@@ -304,10 +305,7 @@ def sliced_wasserstein(
         sx = (px @ theta.T).sort(0).values
         sy = (py @ theta.T).sort(0).values
         per_direction.append(_w2_squared_1d(sx, sy))
-    values = torch.cat(per_direction)
-    p = values.numel()
-    stderr = values.std().item() / p**0.5 if p > 1 else float("nan")
-    return values.mean().item(), stderr
+    return mean_stderr(torch.cat(per_direction))
 
 
 @dataclass(frozen=True)

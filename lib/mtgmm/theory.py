@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import alpha_bar_tensor, last_dim, leading_broadcast, positive_int
+from ._checks import (
+    alpha_bar_tensor,
+    last_dim,
+    leading_broadcast,
+    positive_int,
+    single_level,
+)
 from .attention import (
     WEIGHT_NAMES,
     AttentionBank,
@@ -149,13 +155,6 @@ def _marginal_tokens(gmm: MultiTokenGMM, alpha_bar: float, n: int, generator) ->
     return x
 
 
-def _single_level(alpha_bar: float | Tensor) -> float:
-    ab = alpha_bar_tensor(alpha_bar)
-    if ab.numel() != 1:
-        raise ValueError("alpha_bar must be a single value here")
-    return float(ab)
-
-
 def limit_excess(
     weights: WeightsLike,
     gmm: MultiTokenGMM,
@@ -168,7 +167,7 @@ def limit_excess(
     have equal norms (orthogonality is not needed at L = ∞; any π): then ω is the oracle
     posterior w (chapter *Self-attention as a mean denoiser*)."""
     n_samples = positive_int(n_samples, "n_samples")
-    ab = _single_level(alpha_bar)
+    ab = single_level(alpha_bar)
     g64 = gmm.to(dtype=torch.float64)
     parts, done = [], 0
     while done < n_samples:
@@ -318,7 +317,7 @@ def variance_exponent(w_kq: Tensor, gmm: MultiTokenGMM, alpha_bar: float) -> flo
     w = torch.as_tensor(w_kq).detach().to(torch.float64)
     if w.ndim != 2:
         raise ValueError("w_kq must be one (d, d) matrix")
-    s2 = gmm.noise_variance(_single_level(alpha_bar)).item()
+    s2 = gmm.noise_variance(single_level(alpha_bar)).item()
     return 2 * s2**2 * torch.linalg.matrix_norm(w, ord=2).item() ** 2
 
 
@@ -407,7 +406,7 @@ def token_expansion(
     :func:`variance_exponent` for when the constant is finite (chapter *Self-attention as a
     mean denoiser*)."""
     n_samples = positive_int(n_samples, "n_samples")
-    ab = _single_level(alpha_bar)
+    ab = single_level(alpha_bar)
     mask = _mask_self_of(weights, mask_self)
     w_kq, w_v, w_s = as_weights(weights)
     _check_dim(w_kq, gmm)
@@ -452,7 +451,7 @@ def measured_token_gap(
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_sequences = positive_int(n_sequences, "n_sequences")
     batch_size = positive_int(batch_size, "batch_size")
-    ab = _single_level(alpha_bar)
+    ab = single_level(alpha_bar)
     w = as_weights(weights)
     _check_dim(w[0], gmm)
     model = AttentionDenoiser.from_weights(
