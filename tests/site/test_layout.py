@@ -140,6 +140,29 @@ def opened(page_of, docname: str, phone: bool = False):
     return page
 
 
+_MEASURED: dict[str, dict] = {}
+
+
+def measured_at_1280(page_of, docname: str) -> dict:
+    """Equations, tables, code and images of a page at 1280 px, measured once per page (one
+    page load serves the three 1280-px tests), with the page's full screenshot."""
+    if docname not in _MEASURED:
+        page = opened(page_of, docname)
+        page.evaluate(WAIT_FOR_IMAGES, TIMEOUT_MS)
+        _MEASURED[docname] = {
+            "equations": page.evaluate(EQUATIONS),
+            "tables": page.evaluate(TABLES),
+            "code": page.evaluate(CODE),
+            "images": page.evaluate(IMAGES),
+        }
+        shots = SCREENSHOTS / "layout"
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(shots / (docname.replace("/", "__") + ".png")), full_page=True
+        )
+    return _MEASURED[docname]
+
+
 def built(site: Path, docname: str) -> None:
     if not (site / f"{docname}.html").is_file():
         pytest.fail(f"{docname}.html was not built")
@@ -155,11 +178,10 @@ def report(docname: str, what: str, problems: list[str]) -> str:
 @pytest.mark.parametrize("docname", PAGES)
 def test_equations_fit_the_column_at_1280(site, page_of, docname):
     built(site, docname)
-    page = opened(page_of, docname)
     wide = [
         f"{eq['id'] or 'equation ' + str(eq['index'] + 1)}: {eq['width']:.0f} px wide in a "
         f"{eq['column']:.0f} px column: {eq['tex']!r}"
-        for eq in page.evaluate(EQUATIONS)
+        for eq in measured_at_1280(page_of, docname)["equations"]
         if eq["width"] > eq["column"] + SLACK_PX
     ]
     assert not wide, report(docname, "display equation(s) wider than the column", wide)
@@ -184,13 +206,13 @@ def test_wide_equations_scroll_on_a_phone(site, page_of, docname):
 @pytest.mark.parametrize("docname", PAGES)
 def test_tables_and_code_fit_at_1280(site, page_of, docname):
     built(site, docname)
-    page = opened(page_of, docname)
+    measured = measured_at_1280(page_of, docname)
     problems = [
         f"table {t['id'] or t['index'] + 1} ({t['what']!r}): "
         + "; ".join(t["problems"])
-        for t in page.evaluate(TABLES)
+        for t in measured["tables"]
     ]
-    code = page.evaluate(CODE)
+    code = measured["code"]
     if len(code) > MAX_SCROLLING_CODE:
         problems.append(
             f"{len(code)} code/output blocks scroll sideways (at most "
@@ -282,10 +304,8 @@ def figure_cells() -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize("docname", [d for d in PAGES if d not in GENERATED_PAGES])
 def test_figure_text_is_legible_at_1280(site, page_of, docname):
     built(site, docname)
-    page = opened(page_of, docname)
-    page.evaluate(WAIT_FOR_IMAGES, TIMEOUT_MS)
     problems = []
-    for img in page.evaluate(IMAGES):
+    for img in measured_at_1280(page_of, docname)["images"]:
         src = img["src"] or ""
         if (
             not src.lower().endswith(".png")
@@ -309,11 +329,6 @@ def test_figure_text_is_legible_at_1280(site, page_of, docname):
                 f"{img['natural']} px shown at {img['rendered']:.0f} px → {px:.1f} px "
                 f"(< {MIN_TEXT_PX:g})"
             )
-    shots = SCREENSHOTS / "layout"
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(
-        path=str(shots / (docname.replace("/", "__") + ".png")), full_page=True
-    )
     assert not problems, report(docname, "figure(s) with text below 9 px", problems)
 
 
