@@ -21,7 +21,13 @@ from ._checks import positive_int, single_level
 from .mixture import MultiTokenGMM
 from .oracle import oracle_eps
 from .stats import mean_stderr
-from .theory import WeightsLike, _marginal_tokens, as_weights, layer_limit
+from .theory import (
+    WeightsLike,
+    _marginal_tokens,
+    as_weights,
+    attention_limit,
+    layer_limit,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ def key_moments(
     log_z = torch.logsumexp(log_pi + lin, -1) + s2 * qq[..., 0] / 2
     log_w2 = log_pi + 2 * lin + 2 * s2 * qq  # per component, (..., K)
     rho = (torch.logsumexp(log_w2, -1) - 2 * log_z).exp()
-    mean = s2 * q + torch.softmax(log_pi + lin, -1) @ c
+    mean = attention_limit(g, ab, q)  # m_q, the tilted mean
     trace = s2 * (w_v**2).sum()
     tilted = ((c + 2 * s2 * q[..., None, :] - mean[..., None, :]) @ w_v) ** 2
     sigma2 = ((log_w2 - 2 * log_z[..., None]).exp() * (tilted.sum(-1) + trace)).sum(-1)
@@ -217,12 +223,12 @@ def oracle_gap(
     q = x @ w_kq
     direction = q @ p
     e = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    mom = key_moments(g, alpha_bar, q, w_v)
+    mean = attention_limit(g, alpha_bar, q)
     c = math.sqrt(single_level(alpha_bar)) * g.means
     top = (e @ c.T).amax(-1)
     if not mask_self:
         top = torch.maximum(top, (x * e).sum(-1))
-    return (mom.mean * e).sum(-1) - top, alpha
+    return (mean * e).sum(-1) - top, alpha
 
 
 def max_normal_moment(gamma: Tensor, scale: float, n_keys: int) -> Tensor:
