@@ -51,3 +51,26 @@ def test_times_merge_by_chapter_preset_and_device(tmp_path):
     )
     rows = path.read_text().splitlines()
     assert rows[1:] == ["a,full,cuda,10,m,d", "b,full,cuda,25,m,d", "b,full,cpu,90,m,d"]
+
+
+def test_record_keeps_notebook_figures_and_peak_memory(tmp_path, monkeypatch):
+    import csv
+    import shutil
+
+    import nbformat
+
+    monkeypatch.setenv("MTGMM_DEVICE", "cpu")
+    book = tmp_path / "book"
+    book.mkdir()
+    shutil.copy(BOOK / "ddpm.md", book)
+    args = ["--quick", "--record", "--book", str(book), "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    (row,) = list(csv.DictReader((book / "full_scale.csv").open()))
+    assert row["Chapter"] == "{doc}`ddpm`" and row["Preset"] == "quick"
+    assert 0.05 < float(row["Peak memory (GB)"]) < 8
+    notebook = nbformat.read(book / "full" / "ddpm.ipynb", as_version=4)
+    outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
+    assert not any("image/png" in o.get("data", {}) for o in outputs)
+    pointers = [o["data"]["text/plain"] for o in outputs if "[figure" in str(o)]
+    figures = sorted((book / "full").glob("ddpm-fig*.png"))
+    assert figures and len(pointers) == len(figures)

@@ -6,9 +6,11 @@ full preset on the best available device, writes the executed notebooks and ever
 checkout of the book's repository (it needs ``jupytext`` and ``nbclient``, installed by the
 ``test`` extra). ``--quick`` runs the quick preset instead; ``--chapters`` selects chapters.
 
-The times go to ``times.csv`` in the output folder; ``--record`` also merges them into
-``book/full_scale.csv``, the table of the book's page *Reproduce at full scale* (one row per
-chapter and device, replaced when measured again).
+The times and the kernel's peak memory go to ``times.csv`` in the output folder;
+``--record`` also merges them into ``book/full_scale.csv``, the table of the book's page
+*Reproduce at full scale* (one row per chapter and device, replaced when measured again), and
+copies each executed notebook and its figures into ``book/full/`` (figures as PNG files beside
+the notebook, which keeps its text outputs), where that page shows them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,19 @@ def _chapters(book: Path, selected: list[str]) -> list[Path]:
     return chapters
 
 
-def _run(chapter: Path, out: Path, preset: str) -> float:
+def _peak_gb(pid: int | None) -> float:
+    """Peak resident memory (VmHWM) of the process ``pid`` in GB; NaN where unknown."""
+    status = Path(f"/proc/{pid}/status")
+    if pid is None or not status.is_file():
+        return float("nan")
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
+    """Execute ``chapter``; write the notebook and its figures; (seconds, peak GB)."""
     import jupytext
     import nbclient
     import nbformat
@@ -56,7 +70,11 @@ def _run(chapter: Path, out: Path, preset: str) -> float:
         timeout=None,
         resources={"metadata": {"path": str(chapter.parent)}},
     )
-    client.execute()
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)
+        provisioner = getattr(client.km, "provisioner", None)
+        peak = _peak_gb(getattr(provisioner, "pid", None))
     elapsed = time.perf_counter() - start
     nbformat.write(notebook, out / f"{chapter.stem}.ipynb")
     figures = [
@@ -68,7 +86,30 @@ def _run(chapter: Path, out: Path, preset: str) -> float:
     ]
     for i, png in enumerate(figures, 1):
         (out / f"{chapter.stem}-fig{i}.png").write_bytes(base64.b64decode(png))
-    return elapsed
+    return elapsed, peak
+
+
+def _keep(chapter: str, out: Path, book: Path) -> None:
+    """Copy the executed notebook into ``book/full/``, each figure as a PNG file beside it
+    (the notebook keeps a one-line pointer in its place)."""
+    import nbformat
+
+    full = book / "full"
+    full.mkdir(exist_ok=True)
+    for old in full.glob(f"{chapter}-fig*.png"):
+        old.unlink()
+    notebook = nbformat.read(out / f"{chapter}.ipynb", as_version=4)
+    k = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            if "image/png" in data:
+                k += 1
+                name = f"{chapter}-fig{k}.png"
+                (full / name).write_bytes(base64.b64decode(data.pop("image/png")))
+                data["text/plain"] = f"[figure {k}: {name}]"
+            output.get("metadata", {}).pop("image/png", None)
+    nbformat.write(notebook, full / f"{chapter}.ipynb")
 
 
 TIMES_HEADER = [
@@ -76,6 +117,7 @@ TIMES_HEADER = [
     "Preset",
     "Device",
     "Execution time (s)",
+    "Peak memory (GB)",
     "Machine",
     "Date (UTC)",
 ]
@@ -141,21 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preset {preset} on {device}; writing to {args.out.resolve()}")
     today, machine, rows = datetime.date.today().isoformat(), _machine(device), []
     for chapter in chapters:
-        seconds = _run(chapter, args.out, preset)
-        print(f"{chapter.stem:>12}: {seconds:8.1f} s", flush=True)
+        seconds, peak = _run(chapter, args.out, preset)
+        print(f"{chapter.stem:>12}: {seconds:8.1f} s, peak {peak:.2f} GB", flush=True)
         rows.append(
             [
                 f"{{doc}}`{chapter.stem}`",
                 preset,
                 device,
                 f"{seconds:.0f}",
+                f"{peak:.1f}",
                 machine,
                 today,
             ]
         )
-    _write_times(args.out / "times.csv", rows, merge=False)
-    if args.record:
-        _write_times(args.book / "full_scale.csv", rows, merge=True)
+        _write_times(args.out / "times.csv", rows, merge=False)
+        if args.record:  # chapter by chapter, so that a later failure loses nothing
+            _write_times(args.book / "full_scale.csv", rows[-1:], merge=True)
+            _keep(chapter.stem, args.out, args.book)
     return 0
 
 
