@@ -74,3 +74,6 @@ def test_record_keeps_notebook_figures_and_peak_memory(tmp_path, monkeypatch):
     pointers = [o["data"]["text/plain"] for o in outputs if "[figure" in str(o)]
     figures = sorted((book / "full").glob("ddpm-fig*.png"))
     assert figures and len(pointers) == len(figures)
+    index = (book / "full" / "figures.md").read_text()
+    assert "{download}`full/ddpm.ipynb`" in index and "quick preset" in index
+    assert index.count(":::{figure} full/ddpm-fig") == len(figures)

@@ -76,6 +76,7 @@ def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
         provisioner = getattr(client.km, "provisioner", None)
         peak = _peak_gb(getattr(provisioner, "pid", None))
     elapsed = time.perf_counter() - start
+    notebook.metadata["mtgmm"] = {"preset": preset}
     nbformat.write(notebook, out / f"{chapter.stem}.ipynb")
     figures = [
         output["data"]["image/png"]
@@ -110,6 +111,49 @@ def _keep(chapter: str, out: Path, book: Path) -> None:
                 data["text/plain"] = f"[figure {k}: {name}]"
             output.get("metadata", {}).pop("image/png", None)
     nbformat.write(notebook, full / f"{chapter}.ipynb")
+    _index(book)
+
+
+def _index(book: Path) -> None:
+    """Write ``book/full/figures.md``, which the page *Reproduce at full scale* includes: for
+    each kept chapter (table-of-contents order), a link to its executed notebook and every
+    figure, named after the chapter's own figure."""
+    import nbformat
+
+    full, lines = book / "full", []
+    for chapter in _chapters(book, []):
+        path = full / f"{chapter.stem}.ipynb"
+        if not path.is_file():
+            continue
+        notebook = nbformat.read(path, as_version=4)
+        preset = notebook.metadata.get("mtgmm", {}).get("preset", "full")
+        lines += [
+            f"### {{doc}}`{chapter.stem}`",
+            "",
+            f"The executed notebook ({preset} preset): "
+            f"{{download}}`full/{chapter.stem}.ipynb`.",
+            "",
+        ]
+        k = 0
+        for cell in notebook.cells:
+            outputs = cell.get("outputs", []) if cell.cell_type == "code" else []
+            for output in outputs:
+                if not str(output.get("data", {}).get("text/plain", "")).startswith(
+                    "[figure "
+                ):
+                    continue
+                k += 1
+                name = cell.metadata.get("mystnb", {}).get("figure", {}).get("name")
+                of = f"{{numref}}`{name}`" if name else f"figure {k}"
+                lines += [
+                    f":::{{figure}} full/{chapter.stem}-fig{k}.png",
+                    f":name: full-{chapter.stem}-{k}",
+                    "",
+                    f"{preset.capitalize()} preset of {of} ({{doc}}`{chapter.stem}`).",
+                    ":::",
+                    "",
+                ]
+    (full / "figures.md").write_text("\n".join(lines) or "No chapter recorded yet.\n")
 
 
 TIMES_HEADER = [
