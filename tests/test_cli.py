@@ -77,3 +77,24 @@ def test_record_keeps_notebook_figures_and_peak_memory(tmp_path, monkeypatch):
     index = (book / "full" / "figures.md").read_text()
     assert "{download}`full/ddpm.ipynb`" in index and "quick preset" in index
     assert index.count(":::{figure} full/ddpm-fig") == len(figures)
+
+
+def test_a_failing_check_is_recorded_and_the_chapter_goes_on(tmp_path, monkeypatch):
+    import csv
+    import shutil
+
+    monkeypatch.setenv("MTGMM_DEVICE", "cpu")
+    book = tmp_path / "book"
+    book.mkdir()
+    shutil.copy(BOOK / "ddpm.md", book)
+    text = (book / "ddpm.md").read_text()
+    cut = text.index("## The forward process")
+    check = "```{code-cell} ipython3\nassert 1 + 1 == 3\n```\n\n"
+    (book / "ddpm.md").write_text(text[:cut] + check + text[cut:])
+    args = ["--quick", "--record", "--book", str(book), "--out", str(tmp_path / "o")]
+    assert main(args) == 1
+    (row,) = list(csv.DictReader((book / "full_scale.csv").open()))
+    assert row["Failed checks"] == "1"
+    index = (book / "full" / "figures.md").read_text()
+    assert "1 code cell(s) raise" in index and "``assert 1 + 1 == 3``" in index
+    assert index.count(":::{figure}") >= 1  # the cells after the failure ran

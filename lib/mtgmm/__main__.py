@@ -55,8 +55,9 @@ def _peak_gb(pid: int | None) -> float:
     return float("nan")
 
 
-def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
-    """Execute ``chapter``; write the notebook and its figures; (seconds, peak GB)."""
+def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float, int]:
+    """Execute ``chapter``; write the notebook and its figures; (seconds, peak GB, number
+    of cells that raised)."""
     import jupytext
     import nbclient
     import nbformat
@@ -68,6 +69,7 @@ def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
         notebook,
         kernel_name="python3",
         timeout=None,
+        allow_errors=True,  # a failed check is recorded, and the chapter goes on
         resources={"metadata": {"path": str(chapter.parent)}},
     )
     with client.setup_kernel():
@@ -76,7 +78,7 @@ def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
         provisioner = getattr(client.km, "provisioner", None)
         peak = _peak_gb(getattr(provisioner, "pid", None))
     elapsed = time.perf_counter() - start
-    notebook.metadata["mtgmm"] = {"preset": preset}
+    notebook.metadata["mtgmm"] = {"preset": preset, "failed": _failures(notebook)}
     nbformat.write(notebook, out / f"{chapter.stem}.ipynb")
     figures = [
         output["data"]["image/png"]
@@ -87,7 +89,32 @@ def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float]:
     ]
     for i, png in enumerate(figures, 1):
         (out / f"{chapter.stem}-fig{i}.png").write_bytes(base64.b64decode(png))
-    return elapsed, peak
+    return elapsed, peak, len(notebook.metadata["mtgmm"]["failed"])
+
+
+def _failures(notebook) -> list[dict]:
+    """The code cells that raised: their number among the code cells, the error, and the
+    line of the cell that raised (for a failed ``assert``, the check itself)."""
+    failed, k = [], 0
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        k += 1
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                where = [
+                    line.strip()
+                    for line in cell.source.splitlines()
+                    if line.strip().startswith("assert")
+                ]
+                failed.append(
+                    {
+                        "cell": k,
+                        "error": f"{output['ename']}: {output['evalue']}"[:200],
+                        "source": where[0] if where else cell.source.splitlines()[0],
+                    }
+                )
+    return failed
 
 
 def _keep(chapter: str, out: Path, book: Path) -> None:
@@ -134,6 +161,19 @@ def _index(book: Path) -> None:
             f"{{download}}`full/{chapter.stem}.ipynb`.",
             "",
         ]
+        failed = notebook.metadata.get("mtgmm", {}).get("failed", [])
+        if failed:
+            lines += [
+                f"At this preset {len(failed)} code cell(s) raise. The chapter's checks "
+                "are written for the quick preset, so a failed `assert` here is a claim "
+                "of the text that does not hold at these sizes:",
+                "",
+                *[
+                    f"- code cell {f['cell']}, ``{f['error']}``, at ``{f['source']}``"
+                    for f in failed
+                ],
+                "",
+            ]
         k = 0
         for cell in notebook.cells:
             outputs = cell.get("outputs", []) if cell.cell_type == "code" else []
@@ -162,6 +202,7 @@ TIMES_HEADER = [
     "Device",
     "Execution time (s)",
     "Peak memory (GB)",
+    "Failed checks",
     "Machine",
     "Date (UTC)",
 ]
@@ -226,9 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device().type
     print(f"preset {preset} on {device}; writing to {args.out.resolve()}")
     today, machine, rows = datetime.date.today().isoformat(), _machine(device), []
+    failed = 0
     for chapter in chapters:
-        seconds, peak = _run(chapter, args.out, preset)
-        print(f"{chapter.stem:>12}: {seconds:8.1f} s, peak {peak:.2f} GB", flush=True)
+        seconds, peak, n_failed = _run(chapter, args.out, preset)
+        failed += n_failed
+        print(
+            f"{chapter.stem:>12}: {seconds:8.1f} s, peak {peak:.2f} GB, "
+            f"{n_failed} cell(s) raised",
+            flush=True,
+        )
         rows.append(
             [
                 f"{{doc}}`{chapter.stem}`",
@@ -236,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 f"{seconds:.0f}",
                 f"{peak:.1f}",
+                str(n_failed),
                 machine,
                 today,
             ]
@@ -244,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.record:  # chapter by chapter, so that a later failure loses nothing
             _write_times(args.book / "full_scale.csv", rows[-1:], merge=True)
             _keep(chapter.stem, args.out, args.book)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
