@@ -10,12 +10,12 @@ import torch
 from mtgmm.attention import AttentionDenoiser, SymmetricBasis
 from mtgmm.bounds import _Problem, token_bound, tokens_needed
 from mtgmm.objective import excess_risk
+from mtgmm.symmetry import weights_from_coordinates
 from mtgmm.theory import (
     attention_fluctuation,
     ess_fraction,
     limit_excess,
     token_expansion,
-    weights_from_coordinates,
 )
 
 from .conftest import rng

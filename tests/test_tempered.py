@@ -1,7 +1,7 @@
 """Tempered mean denoising at L = ∞ (chapter *Alignment with the MMSE estimator*), checked
 through the package's limit of attention: :func:`mtgmm.theory.layer_limit`,
 :func:`~mtgmm.theory.attention_limit`, :func:`~mtgmm.theory.limit_excess` and
-:func:`~mtgmm.theory.reduced_coordinates`."""
+:func:`~mtgmm.symmetry.reduced_coordinates`."""
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ from mtgmm import (
     mean_denoising_weights,
     oracle_eps,
     posterior_weights,
+    symmetry,
     theory,
 )
 from mtgmm.attention import WEIGHT_NAMES
@@ -143,7 +144,7 @@ def test_reduced_coordinates_read_the_inverse_temperature_of_a_bank(g64):
     with torch.no_grad():
         for name, mats in zip(WEIGHT_NAMES, zip(*layers, strict=True), strict=True):
             getattr(bank, name).copy_(torch.stack(mats))
-    alpha = theory.reduced_coordinates(bank, SymmetricBasis(gmm))[:, 0, 0]
+    alpha = symmetry.reduced_coordinates(bank, SymmetricBasis(gmm))[:, 0, 0]
     got = alpha * gmm.noise_variance(schedule.alpha_bar.double())
     torch.testing.assert_close(
         got, torch.full((4,), tau, dtype=got.dtype), atol=1e-5, rtol=0

@@ -1,5 +1,5 @@
 """The theory toolkit against independent computations: brute-force attention over huge key
-sets, repeated finite-L draws, measured excess risk, autograd and explicit group averages."""
+sets, repeated finite-L draws, measured excess risk and autograd."""
 
 import itertools
 import math
@@ -15,30 +15,21 @@ from mtgmm.attention import (
     mean_denoising_weights,
 )
 from mtgmm.mixture import MultiTokenGMM, add_noise
-from mtgmm.objective import ddpm_loss, excess_risk, noisy_batch
+from mtgmm.objective import excess_risk
 from mtgmm.oracle import oracle_eps
+from mtgmm.symmetry import orthonormal_symmetric_basis
 from mtgmm.theory import (
-    as_weights,
     attention_bias,
     attention_fluctuation,
     attention_limit,
     effective_sample_size,
     ess_fraction,
-    gd_iterations,
-    invariance_defect,
     layer_limit,
     limit_excess,
     measured_token_gap,
-    orthonormal_symmetric_basis,
-    permutation_isometry,
-    predicted_excess,
-    readout_hessian,
-    reduced_coordinates,
     score_matching_error,
-    symmetrize,
     token_expansion,
     variance_exponent,
-    weights_from_coordinates,
 )
 
 from .conftest import rng
@@ -267,13 +258,15 @@ def low_temperature_layer():
     return g, ab, (w_kq, *_limit_readout(w_kq, g, ab, rng(11)))
 
 
-def test_predicted_excess_matches_measured_excess_risk(low_temperature_layer):
+def test_token_expansion_matches_measured_excess_risk(low_temperature_layer):
     """First-order prediction against ``excess_risk`` at L = 64 and 256. Tolerance: 3
     combined standard errors plus 10% of the predicted finite-L part (the dropped 1/L²)."""
     g, ab, weights = low_temperature_layer
     limit, _ = limit_excess(weights, g, ab, 50_000, rng(12))
     for n_tokens in (64, 256):
-        pred, pred_se = predicted_excess(weights, g, ab, n_tokens, 50_000, rng(13))
+        expansion = token_expansion(weights, g, ab, 50_000, rng(13))
+        pred = expansion.excess(n_tokens).item()
+        pred_se = expansion.stderr(n_tokens).item()
         model = AttentionDenoiser.from_weights(*weights).double()
         meas, meas_se = excess_risk(model, g, ab, n_tokens, 65_536 // n_tokens, rng(14))
         tol = 3 * math.hypot(pred_se, meas_se) + 0.1 * (pred - limit)
@@ -334,155 +327,6 @@ def test_tokens_needed_inverts_the_expansion(low_temperature_layer):
         exp.tokens_needed(exp.limit / 2)
 
 
-# -------------------------------------------------------------- the invariant subspace
-
-
-def _exact_gmm() -> MultiTokenGMM:
-    """Orthogonal equal-norm means (K = 4, d = 8, r = 4) exact in float64 (the fixture's are
-    rounded to float32), for identities checked to float64 precision."""
-    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=rng(40), dtype=F64))
-    return MultiTokenGMM(4 * q[:, :4].T, sigma0=0.5)
-
-
-def _random_weights(d: int, seed: int) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.randn(3, d, d, generator=rng(seed), dtype=F64).unbind(0))
-
-
-def test_symmetrize_and_coordinates_round_trip():
-    basis = SymmetricBasis(_exact_gmm())
-    w = _random_weights(8, 20)
-    sym = symmetrize(w, basis)
-    coords = reduced_coordinates(w, basis)
-    assert coords.shape == (3, 3)
-    for a, b in zip(weights_from_coordinates(coords, basis), sym, strict=True):
-        torch.testing.assert_close(a, b)
-    torch.testing.assert_close(reduced_coordinates(sym, basis), coords)
-    assert float(invariance_defect(sym, basis).max()) < 1e-12
-    defect = invariance_defect(w, basis)
-    # orthogonal projection: ‖W‖² = ‖sym W‖² + defect²
-    for i in range(3):
-        total = (w[i] ** 2).sum() - (sym[i] ** 2).sum()
-        torch.testing.assert_close(defect[i] ** 2, total)
-    # a model, a mapping and a bank (leading T axis) are all accepted
-    model = AttentionDenoiser.from_weights(*w)
-    for form in (model, model.weights()):  # float32 copies
-        torch.testing.assert_close(
-            reduced_coordinates(form, basis), coords, rtol=1e-6, atol=1e-6
-        )
-    stacked = reduced_coordinates(tuple(torch.stack([m, m]) for m in w), basis)
-    assert stacked.shape == (2, 3, 3)
-    with pytest.raises(ValueError, match="three"):
-        as_weights(w[:2])
-    with pytest.raises(ValueError, match="coordinates"):
-        weights_from_coordinates(torch.zeros(3), basis)
-
-
-def test_symmetrize_is_the_average_over_the_symmetry_group():
-    """Exact average of Qᵀ W Q over Q = (permutation of the 4 means) × (signed permutation
-    of a basis of the 4-dim complement), 24 × 384 maps: the symmetric projection."""
-    gmm = _exact_gmm()
-    basis = SymmetricBasis(gmm)
-    w = torch.randn(8, 8, generator=rng(21), dtype=F64)
-    signed = [
-        torch.diag(torch.tensor(signs, dtype=F64))[list(p)]
-        for p in itertools.permutations(range(4))
-        for signs in itertools.product([1.0, -1.0], repeat=4)
-    ]
-    total = torch.zeros(8, 8, dtype=F64)
-    for perm in itertools.permutations(range(4)):
-        for comp in signed:
-            q = permutation_isometry(gmm, perm, comp)
-            total += q.T @ w @ q
-    torch.testing.assert_close(total / (24 * len(signed)), basis.project(w))
-
-
-def test_permutation_isometry(gmm, skewed_gmm):
-    perm = [2, 0, 3, 1]
-    comp = torch.linalg.qr(torch.randn(4, 4, generator=rng(22), dtype=F64))[0]
-    exact = _exact_gmm()
-    q = permutation_isometry(exact, perm, comp)
-    torch.testing.assert_close(q @ q.T, torch.eye(8, dtype=F64))
-    torch.testing.assert_close(exact.means @ q, exact.means[perm])
-    # on the complement Q acts as comp: Q restricted there is similar to comp
-    p_perp = torch.eye(8, dtype=F64) - exact.span_projector()
-    torch.testing.assert_close(torch.trace(p_perp @ q), torch.trace(comp))
-    q32 = permutation_isometry(
-        gmm, perm
-    )  # float32-rounded means are accepted (to 1e-6)
-    torch.testing.assert_close(
-        gmm.means.double() @ q32, gmm.means.double()[perm], atol=1e-5, rtol=0
-    )
-    with pytest.raises(ValueError, match="orthogonal map"):
-        permutation_isometry(skewed_gmm, [1, 0, 2])
-    with pytest.raises(ValueError, match="permutation"):
-        permutation_isometry(gmm, [0, 0, 1, 2])
-    with pytest.raises(ValueError, match="complement"):
-        permutation_isometry(gmm, perm, torch.eye(3))
-
-
-def _chunk_gradients(g, weights, alpha_bar, gen, n_chunks=24, n_seq=32, n_tokens=16):
-    """Gradients (C, 3, d, d) of the DDPM loss on C independent batches."""
-    model = AttentionDenoiser.from_weights(*weights).double()
-    grads = []
-    for _ in range(n_chunks):
-        x_t, eps = noisy_batch(g, alpha_bar, n_seq, n_tokens, gen)
-        model.zero_grad()
-        ddpm_loss(model(x_t), eps).backward()
-        grads.append(torch.stack([model.W_KQ.grad, model.W_V.grad, model.W_S.grad]))
-    return torch.stack(grads)
-
-
-def _noise_ratio(values: torch.Tensor) -> float:
-    """‖mean‖² over its expectation under a zero mean, Σ Var / C: about 1 for pure noise."""
-    return (
-        (values.mean(0) ** 2).sum() / (values.var(0).sum() / values.shape[0])
-    ).item()
-
-
-def test_population_gradient_at_an_invariant_point_is_invariant(gmm):
-    """At W_KQ = 0.3(P − J), W_V = −0.2P, W_S = 0.5(I + P) the non-symmetric part of the
-    gradient is pure Monte Carlo noise (ratio ~ 1; about 11 effective degrees of freedom,
-    so < 3 is a ~1e-3 test), the symmetric part is far above its noise. Control: with one
-    mean 1.5× longer (symmetry broken) the non-symmetric part is clearly nonzero."""
-    ab = 0.5
-    eye = torch.eye(8, dtype=F64)
-    for scale, invariant in [(1.0, True), (1.5, False)]:
-        means = gmm.means.double().clone()
-        means[3] *= scale
-        g = MultiTokenGMM(means, sigma0=gmm.sigma0)
-        basis = SymmetricBasis(g)
-        p, j = basis.P, basis.J
-        grads = _chunk_gradients(
-            g, (0.3 * (p - j), -0.2 * p, 0.5 * (eye + p)), ab, rng(23)
-        )
-        sym = basis.project(grads)
-        ratio = _noise_ratio(grads - sym)
-        if invariant:
-            assert ratio < 3, ratio
-            assert _noise_ratio(sym) > 1000
-        else:
-            assert ratio > 30, ratio
-
-
-@pytest.mark.parametrize("kind", ["permutation", "rotation"])
-def test_gradient_is_equivariant(gmm, kind):
-    """For a mixture transformed by an orthogonal Q (means μQ), the population gradient at
-    QᵀWQ is Qᵀ ∇L(W) Q: compared on independent samples, the difference is pure noise,
-    while the untransformed gradient is not (the test has power)."""
-    g, ab = gmm.to(dtype=F64), 0.5
-    comp = torch.linalg.qr(torch.randn(4, 4, generator=rng(24), dtype=F64))[0]
-    if kind == "permutation":
-        q = permutation_isometry(g, [1, 2, 3, 0], comp)
-    else:
-        q = torch.linalg.qr(torch.randn(8, 8, generator=rng(25), dtype=F64))[0]
-    moved = MultiTokenGMM(g.means @ q, sigma0=g.sigma0)
-    w = tuple(0.15 * m for m in _random_weights(8, 26))
-    grads = _chunk_gradients(g, w, ab, rng(27))
-    grads_moved = _chunk_gradients(moved, tuple(q.T @ m @ q for m in w), ab, rng(28))
-    assert _noise_ratio(q.T @ grads @ q - grads_moved) < 3
-    assert _noise_ratio(grads - grads_moved) > 30
-
-
 # ---------------------------------------------------------------- convergence bounds
 
 
@@ -499,113 +343,3 @@ def test_score_matching_error_is_excess_over_b_squared(skewed_gmm):
     torch.testing.assert_close(score_matching_error(excess, ab), direct)
     with pytest.raises(ValueError, match="alpha_bar"):
         score_matching_error(1.0, 1.0)
-
-
-_MODELS = {
-    mask: AttentionDenoiser(8, mask_self=mask).double() for mask in (False, True)
-}
-
-
-def _loss_at(w_kq, w_v, w_s, x_t, eps, mask_self=False):
-    """The DDPM loss as a function of the three matrices (for autograd in the readout)."""
-    params = {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}
-    return ddpm_loss(
-        torch.func.functional_call(_MODELS[mask_self], params, (x_t,)), eps
-    )
-
-
-def _readout_loss(theta, e, w_kq, x_t, eps, mask_self=False):
-    """The loss in the orthonormal symmetric coordinates θ = (W_V's, W_S's)."""
-    w_v, w_s = (torch.einsum("m,mde->de", part, e) for part in theta.split(len(e)))
-    return _loss_at(w_kq, w_v, w_s, x_t, eps, mask_self)
-
-
-@pytest.mark.parametrize("mask_self", [False, True])
-def test_readout_hessian_matches_autograd(gmm, mask_self):
-    g, ab = gmm.to(dtype=F64), 0.7
-    basis = SymmetricBasis(g)
-    x_t, eps = noisy_batch(g, ab, 6, 5, rng(30))
-    w_kq = 0.2 * torch.randn(8, 8, generator=rng(31), dtype=F64)
-    e = orthonormal_symmetric_basis(basis)
-    theta = torch.randn(2 * len(e), generator=rng(32), dtype=F64)
-    h = torch.autograd.functional.hessian(
-        lambda t: _readout_loss(t, e, w_kq, x_t, eps, mask_self), theta
-    )
-    torch.testing.assert_close(readout_hessian(w_kq, x_t, basis, mask_self), h)
-    h_full = torch.autograd.functional.hessian(
-        lambda v: _loss_at(
-            w_kq, v[:64].view(8, 8), v[64:].view(8, 8), x_t, eps, mask_self
-        ),
-        torch.zeros(128, dtype=F64),
-    )
-    block = readout_hessian(w_kq, x_t, mask_self=mask_self)
-    torch.testing.assert_close(torch.kron(block, torch.eye(8, dtype=F64)), h_full)
-
-
-def test_readout_hessian_checks_arguments():
-    with pytest.raises(ValueError, match="x_t"):
-        readout_hessian(torch.eye(3), torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="w_kq"):
-        readout_hessian(torch.eye(2), torch.zeros(1, 4, 3))
-    with pytest.raises(ValueError, match="mask_self"):
-        readout_hessian(torch.eye(3), torch.zeros(2, 1, 3), mask_self=True)
-
-
-def test_gd_iterations_bounds_gradient_descent_on_the_readout_quadratic(gmm):
-    """GD (gradients by autograd) on the empirical readout loss, in the orthonormal symmetric
-    coordinates with W_KQ fixed, from θ = 0 with step 1/ℓ: it reaches the target within the
-    quadratic bound, which lies within the general one; μ, ℓ from ``readout_hessian``."""
-    g, ab = gmm.to(dtype=F64), 0.7
-    basis = SymmetricBasis(g)
-    e = orthonormal_symmetric_basis(basis)
-    w_kq = 0.2 / g.noise_variance(ab).item() * (basis.P - basis.J)
-    x_t, eps = noisy_batch(g, ab, 32, 16, rng(33))
-    model = AttentionDenoiser.from_weights(
-        w_kq, torch.eye(8), torch.zeros(8, 8)
-    ).double()
-    with torch.no_grad():
-        attn_out = model(x_t)  # the attention output A (W_V = I, W_S = 0)
-    feats = torch.stack(
-        [torch.einsum("nld,mde->nlme", f, e) for f in (attn_out, x_t)], -3
-    )
-    feats = feats.flatten(-3, -2)  # (n, L, 2m, d)
-
-    def loss(theta):
-        return ((torch.einsum("nlad,a->nld", feats, theta) - eps) ** 2).sum(-1).mean()
-
-    hess = readout_hessian(w_kq, x_t, basis)
-    mu, ell = torch.linalg.eigvalsh(hess)[[0, -1]].tolist()
-    theta = torch.zeros(2 * len(e), dtype=F64, requires_grad=True)
-    (grad0,) = torch.autograd.grad(loss(theta), theta)
-    f_star = loss(torch.linalg.solve(hess, -grad0)).item()
-    excess0, target = loss(theta).item() - f_star, 1e-6
-    k = 0
-    while loss(theta).item() - f_star > target:
-        (grad,) = torch.autograd.grad(loss(theta), theta)
-        theta = (theta - grad / ell).detach().requires_grad_(True)
-        k += 1
-    quad = gd_iterations(excess0, target, ell, mu, 1 / ell, quadratic=True)
-    general = gd_iterations(excess0, target, ell, mu, 1 / ell)
-    assert k <= quad <= general, (k, quad, general)
-
-
-def test_gd_iterations_is_tight_on_the_slowest_direction():
-    """GD on f(θ) = (μθ₁² + ℓθ₂²)/2 started on the flattest eigenvector θ_0 = (1, 0): the
-    quadratic bound is exactly the iteration count."""
-    mu, ell, step, target = 0.1, 2.0, 0.5, 1e-4
-    theta, k = [1.0, 0.0], 0
-    f = lambda t: 0.5 * (mu * t[0] ** 2 + ell * t[1] ** 2)  # noqa: E731
-    excess0 = f(theta)
-    while f(theta) > target:
-        theta = [theta[0] - step * mu * theta[0], theta[1] - step * ell * theta[1]]
-        k += 1
-    assert gd_iterations(excess0, target, ell, mu, step, quadratic=True) == k
-    assert gd_iterations(1.0, 2.0, ell, mu, step) == 0
-    with pytest.raises(ValueError, match="step"):
-        gd_iterations(1.0, 0.1, ell, mu, 0.6)  # > 1/ℓ for the general bound
-    with pytest.raises(ValueError, match="step"):
-        gd_iterations(1.0, 0.1, ell, mu, 1.0, quadratic=True)  # = 2/ℓ
-    with pytest.raises(ValueError, match="strong_convexity"):
-        gd_iterations(1.0, 0.1, ell, 3.0, 0.1)
-    with pytest.raises(ValueError, match="excess0"):
-        gd_iterations(0.0, 0.1, ell, mu, 0.1)

@@ -5,7 +5,7 @@ importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` 
 ``plotting``. The experiments live in the chapters; the package holds their building blocks.
 """
 
-from . import bounds, incontext, metrics, theory
+from . import bounds, descent, incontext, metrics, symmetry, theory
 from .attention import (
     AttentionBank,
     AttentionDenoiser,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "bounds",
+    "descent",
     "incontext",
     "AttentionBank",
     "AttentionDenoiser",
@@ -66,6 +67,7 @@ __all__ = [
     "posterior_weights",
     "preset",
     "set_preset",
+    "symmetry",
     "theory",
     "train",
     "train_bank",

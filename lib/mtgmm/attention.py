@@ -1,12 +1,10 @@
-"""The one-layer attention denoiser and its constructions (chapter *Self-attention as a
-mean denoiser*).
+"""The one-layer attention denoiser and its constructions (derived in :doc:`/book/attention`).
 
-Rows are tokens. For one data point ``X`` (L × d),
+For one data point ``X`` (L × d, rows are tokens),
 
     f(X) = X W_S + softmax(X W_KQ Xᵀ) X W_V,
 
-softmax taken along each row (each query token attends over all key tokens, itself too
-unless ``mask_self``). ``f(X)`` estimates the injected noise ε of every token.
+softmax along each row (over all keys, the query's own too unless ``mask_self``).
 """
 
 from __future__ import annotations
@@ -30,12 +28,9 @@ def _self_mask(n_tokens: int, device) -> Tensor:
 
 
 def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Tensor:
-    """``softmax(X W_KQ Xᵀ) X W_V`` for tokens ``x`` (…, L, d), row by row.
-
-    On GPUs (and on CPU from ``mtgmm.fast.FUSED_MIN_TOKENS_CPU`` tokens) it calls
-    torch's fused kernel, which never stores the L × L scores; otherwise the formula is
-    written out (:func:`attention_weights`). Both give the same result to rounding. Weights
-    may carry leading batch dims that broadcast against ``x`` (e.g. ``(n, d, d)``).
+    """``softmax(X W_KQ Xᵀ) X W_V`` for tokens ``x`` (…, L, d); weights may carry leading batch
+    dims. Takes torch's fused kernel on GPUs (and on CPU from ``mtgmm.fast.FUSED_MIN_TOKENS_CPU``
+    tokens), else the written-out formula (:func:`attention_weights`); equal to rounding.
     """
     if x.device.type != "cpu" or x.shape[-2] >= FUSED_MIN_TOKENS_CPU:
         # the fused kernel: query X W_KQ, key X, value X W_V, scale 1
@@ -48,8 +43,8 @@ def attend(x: Tensor, w_kq: Tensor, w_v: Tensor, mask_self: bool = False) -> Ten
 
 def attention_weights(x: Tensor, w_kq: Tensor, mask_self: bool = False) -> Tensor:
     """The (…, L, L) attention matrix ``A_ij ∝ exp(x_i W_KQ x_jᵀ)``, rows summing to 1
-    (``A_ii = 0`` if ``mask_self``). On CPU short rows take the equal, faster
-    ``mtgmm.fast.row_softmax``."""
+    (``A_ii = 0`` if ``mask_self``).
+    """
     scores = (x @ w_kq) @ x.transpose(-1, -2)  # s_ij = x_i W_KQ x_jᵀ
     if mask_self:
         scores = scores.masked_fill(~_self_mask(x.shape[-2], x.device), float("-inf"))
@@ -86,10 +81,9 @@ def _attention(query: Tensor, x: Tensor, values: Tensor, mask_self: bool) -> Ten
 def timestep_layers(
     x: Tensor, w_kq: Tensor, w_v: Tensor, w_s: Tensor, mask_self: bool = False
 ) -> Tensor:
-    """``f_i(X) = X W_S[i] + softmax(X W_KQ[i] Xᵀ) X W_V[i]`` for every sequence X of
-    ``x[i]``: ``x`` of shape (m, n, L, d) holds n sequences for each of m layers whose
-    weights are ``(m, d, d)``. The projections are m matrix products of (nL × d) by (d × d),
-    not one small product per sequence (the batched path of :class:`AttentionBank`)."""
+    """``f_i(X) = X W_S[i] + softmax(X W_KQ[i] Xᵀ) X W_V[i]`` for every sequence X of ``x[i]``:
+    ``x`` (m, n, L, d), weights (m, d, d).
+    """
     m, n, n_tokens, d = x.shape
     flat = x.reshape(m, n * n_tokens, d)
     query = (flat @ w_kq).view(x.shape)
@@ -106,14 +100,12 @@ def _check_tokens(x: Tensor, dim: int, mask_self: bool) -> None:
 
 
 class AttentionDenoiser(nn.Module):
-    """One layer, one head: ``f(X) = X W_S + softmax(X W_KQ Xᵀ) X W_V``.
+    """One layer, one head: ``f(X) = X W_S + softmax(X W_KQ Xᵀ) X W_V``, mapping (..., L, d)
+    to ε̂ of the same shape; the three d × d parameters start at zero.
 
     Args:
         dim: token dimension d.
         mask_self: if True a token does not attend to itself.
-
-    The three d × d parameters start at zero (an invariant start; see chapter *Training
-    dynamics*). ``model(x_t)`` maps ``(..., L, d)`` to ε̂ of the same shape.
     """
 
     def __init__(self, dim: int, mask_self: bool = False) -> None:
@@ -158,13 +150,8 @@ class AttentionDenoiser(nn.Module):
 
 
 class AttentionBank(nn.Module):
-    """One :class:`AttentionDenoiser` per timestep, stored as banks of shape (T, d, d).
-
-    ``bank(x_t, t)`` takes ``x_t`` of shape ``(n, L, d)`` and integer timesteps ``t`` of
-    shape ``(n,)`` (or a single int) and runs every sequence through its own timestep's
-    layer in one batched pass: with mixed timesteps it gathers one matrix per sequence, with
-    a single timestep (as in sampling) it uses that layer's matrices. :meth:`by_timestep` is
-    the fast path for batches grouped by timestep (as in training).
+    """One :class:`AttentionDenoiser` per timestep, stored as banks (T, d, d): ``bank(x_t, t)``
+    runs sequence i of ``x_t`` (n, L, d) through the layer of timestep ``t[i]`` (or one int).
     """
 
     def __init__(self, n_steps: int, dim: int, mask_self: bool = False) -> None:
@@ -206,11 +193,9 @@ class AttentionBank(nn.Module):
         return x_t @ w_s + attend(x_t, w_kq, w_v, self.mask_self)
 
     def by_timestep(self, x_t: Tensor, first: int = 0) -> Tensor:
-        """ε̂ for ``x_t`` of shape (m, n, L, d) grouped by timestep: the n sequences of
-        ``x_t[i]`` go through the layer of timestep ``first + i``
-        (:func:`timestep_layers`). Equals ``bank(x_t.flatten(0, 1), t)`` with
-        ``t = arange(first, first + m).repeat_interleave(n)``, without one matrix per
-        sequence."""
+        """ε̂ for ``x_t`` (m, n, L, d): the sequences of ``x_t[i]`` through the layer of timestep
+        ``first + i`` (:func:`timestep_layers`).
+        """
         if x_t.ndim != 4:
             raise ValueError(
                 f"x_t must have shape (m, n, L, d), got {tuple(x_t.shape)}"
@@ -249,9 +234,9 @@ class AttentionBank(nn.Module):
 
 
 class SymmetricBasis:
-    """The matrices left fixed by the symmetries of an orthogonal, equal-norm, uniform
-    mixture: J (projector onto Σ_k μ_k), P − J and P⊥ = I − P, an orthogonal basis in the
-    Frobenius inner product. A symmetric matrix is ``W = α P + β P⊥ + γ J``.
+    """J (projector onto Σ_k μ_k), P − J and P⊥ = I − P: a Frobenius-orthogonal basis of the
+    matrices ``W = α P + β P⊥ + γ J`` left fixed by the symmetries of an orthogonal, equal-norm,
+    uniform mixture (:doc:`/book/training`).
     """
 
     def __init__(self, gmm: MultiTokenGMM) -> None:
@@ -268,8 +253,7 @@ class SymmetricBasis:
         return torch.einsum("...i,ijk->...jk", c, basis)
 
     def coordinates(self, w: Tensor) -> Tensor:
-        """(α, β, γ) of the Frobenius projection of ``w`` (…, d, d) onto the symmetric
-        matrices: the group average of ``w``."""
+        """(α, β, γ) of the Frobenius projection of ``w`` (…, d, d) onto the symmetric matrices."""
         e = self._orthogonal.to(w)
         norms = (e**2).sum((-1, -2))
         c = torch.einsum("...jk,ijk->...i", w, e) / torch.where(norms > 0, norms, 1)
@@ -287,9 +271,9 @@ class SymmetricBasis:
 def mean_denoising_weights(
     gmm: MultiTokenGMM, alpha_bar: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The infinite-token construction: ``W_KQ = P/s²``, ``W_V = −(b/s²) P``,
-    ``W_S = (b/s²)(I + P)``. As L → ∞ (orthogonal equal-norm means) the attention output
-    tends to ``P x + a m(x)`` and the layer to the oracle ε*."""
+    """The infinite-token construction ``W_KQ = P/s²``, ``W_V = −(b/s²) P``,
+    ``W_S = (b/s²)(I + P)``, whose L → ∞ limit is ε* for orthogonal equal-norm means.
+    """
     ab = alpha_bar_tensor(alpha_bar).to(torch.float64)
     if ab.numel() != 1:
         raise ValueError("alpha_bar must be a single value")

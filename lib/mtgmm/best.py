@@ -1,15 +1,13 @@
-"""The best one-layer attention denoiser in the symmetric class ``W = α P + β P⊥ + γ J``.
+"""The best one-layer attention denoiser in the symmetric class ``W = α P + β P⊥ + γ J``
+(derived in `A map of the gap <../gap.html#the-best-model-in-the-symmetric-class>`__).
 
-For a fixed ``W_KQ`` the layer ``f(X) = X W_S + A X W_V`` (``A = softmax(X W_KQ Xᵀ)``) is
-linear in the six coordinates θ of ``W_V`` and ``W_S``: ``f = Σ_m θ_m F_m`` with features
-``X B_m`` and ``A X B_m`` (``B_m`` ∈ {P, P⊥, J}). The excess ``E‖f − ε*‖²`` is minimised by
-``θ = G⁻¹ h`` (``G_mn = E⟨F_m, F_n⟩``, ``h_m = E⟨F_m, ε*⟩``), and the profile
-``ℓ(κ) = E‖ε*‖² − hᵀ G⁻¹ h`` depends only on the three coordinates κ of ``W_KQ``. It is
-evaluated on one fixed sample (the same at every iterate), minimised by L-BFGS from the best
-of a few starts on the line ``W_KQ = c (P − J)``, and the minimiser is scored on fresh
-sequences. Regressing on ε* rather than ε gives the same minimiser with less noise.
+For fixed ``W_KQ`` the layer is linear in the readout coordinates θ, ``f = Σ_m θ_m F_m``
+with features ``X B_m`` and ``A X B_m``, so
 
-See the chapter `A map of the gap <../gap.html#the-best-model-in-the-symmetric-class>`__.
+    θ = G⁻¹ h,  ℓ(κ) = E‖ε*‖² − hᵀ G⁻¹ h,  G_mn = E⟨F_m, F_n⟩, h_m = E⟨F_m, ε*⟩,
+
+and ℓ, a function of the coordinates κ of ``W_KQ``, is minimised by L-BFGS on a fixed
+sample; the minimiser is scored on fresh sequences.
 """
 
 from __future__ import annotations
@@ -40,13 +38,11 @@ class BestInClass:
     """The best symmetric one-layer model at one noise level.
 
     Attributes:
-        model: the :class:`~mtgmm.attention.AttentionDenoiser` with the fitted weights.
-        coefficients: ``(3, 3)`` float64 tensor; rows ``W_KQ, W_V, W_S``, columns the
-            coordinates ``(α, β, γ)`` of ``α P + β P⊥ + γ J``.
-        excess: per-token excess risk ``E‖f − ε*‖²`` on fresh sequences.
-        stderr: its standard error (sequences as the independent units).
-        fit_excess: the profile objective at the optimum on the fitting sample (optimistic).
-        bayes_risk: the Bayes risk R*_t, for scale, and ``bayes_risk_stderr`` its error.
+        model: the fitted :class:`~mtgmm.attention.AttentionDenoiser`.
+        coefficients: (3, 3) coordinates (α, β, γ), rows W_KQ, W_V, W_S.
+        excess, stderr: excess risk on fresh sequences and its standard error.
+        fit_excess: the profile objective on the fitting sample (optimistic).
+        bayes_risk, bayes_risk_stderr: R*_t for scale.
         n_sequences: size of the fitting sample.
     """
 
@@ -75,8 +71,7 @@ chunk's L × L tensors alive instead of the whole sample's."""
 
 
 def _attend_chunked(x: Tensor, w_kq: Tensor, eye: Tensor, mask_self: bool) -> Tensor:
-    """``attend(x, w_kq, eye)`` over chunks of sequences of :data:`PROFILE_CHUNK_SCORES`
-    scores, each recomputed in the backward pass rather than stored."""
+    """``attend(x, w_kq, eye)`` in chunks of sequences, recomputed in the backward pass."""
     per_chunk = max(1, PROFILE_CHUNK_SCORES // x.shape[1] ** 2)
     if x.shape[0] <= per_chunk:
         return attend(x, w_kq, eye, mask_self)
@@ -90,10 +85,8 @@ def _attend_chunked(x: Tensor, w_kq: Tensor, eye: Tensor, mask_self: bool) -> Te
 
 
 def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
-    """The profile excess ℓ(κ) on a fixed sample and the optimal value/skip coefficients.
-
-    ``x`` (n, L, d) in the compute dtype, ``target`` = ε*(x) in float64. Returns a function
-    ``κ ↦ (ℓ, θ)`` with ℓ a float64 scalar tensor carrying the graph back to κ.
+    """``κ ↦ (ℓ(κ), θ)`` on the fixed sample ``x`` (n, L, d) with ``target`` = ε*(x); ℓ is a
+    float64 scalar carrying the graph back to κ.
     """
     n_tokens = x.shape[0] * x.shape[1]
     eye = torch.eye(x.shape[-1], dtype=x.dtype)
@@ -146,30 +139,17 @@ def best_in_class(
     n_eval_sequences: int = 2048,
     bayes_samples: int = 200_000,
 ) -> BestInClass:
-    """The best one-layer model ``W = α P + β P⊥ (+ γ J)`` for each of ``W_KQ, W_V, W_S``.
-
-    Minimises the excess risk over the 9 coordinates (6 with ``include_j=False``) by
-    profiling out ``W_V, W_S`` (least squares, exact) and running L-BFGS on the 3 (or 2)
-    coordinates of ``W_KQ`` (see the module docstring). Starts: ``W_KQ = c (P − J)`` (``c P``
-    without J) for ``c s²`` in :data:`START_TEMPERATURES`; L-BFGS runs from the best.
+    """The best model with each of ``W_KQ, W_V, W_S`` of the form ``α P + β P⊥ (+ γ J)``:
+    ``W_V, W_S`` profiled out by least squares, L-BFGS on the coordinates of ``W_KQ`` from the
+    best start ``W_KQ = c (P − J)`` over :data:`START_TEMPERATURES`.
 
     Args:
-        gmm: the mixture (the class is the symmetric one when the means are orthogonal with
-            equal norms and π is uniform; for other mixtures it is still a valid restricted
-            class, just not the symmetric one).
-        alpha_bar: the noise level ᾱ in (0, 1].
-        n_tokens: L, tokens per sequence.
-        n_sequences: size of the fixed fitting sample; default ``max(64, 2^17 // L)``
-            sequences (about 2^17 tokens). The cost of one profile evaluation is
-            ``O(n L² d)``, so the default keeps it near ``2^17 L d``; the fitted excess is
-            biased low by about (number of coordinates)/(number of sequences) times the
-            per-sequence variance; the fresh evaluation is unbiased.
-        generator: seeds the fitting sample, the evaluation sample and the Bayes-risk sample
-            (three independent streams drawn from it).
+        gmm, alpha_bar, n_tokens: the mixture, ᾱ and L.
+        n_sequences: fixed fitting sample; default ``max(64, 2^17 // L)``.
+        generator: seeds the fitting, evaluation and Bayes-risk samples.
         include_j: keep the J (mean-direction) terms.
-        mask_self: fit the variant in which a token does not attend to itself.
-        n_eval_sequences: fresh sequences for the reported excess and its standard error.
-        bayes_samples: Monte Carlo samples for the Bayes risk (reported for scale).
+        mask_self: the variant in which a token does not attend to itself.
+        n_eval_sequences, bayes_samples: sizes of the evaluation and Bayes-risk samples.
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_eval_sequences = positive_int(n_eval_sequences, "n_eval_sequences")
@@ -239,11 +219,10 @@ def readout_fit(
     mask_self: bool = False,
     n_eval_sequences: int = 1024,
 ) -> tuple[AttentionDenoiser, float, float]:
-    """The best value and skip matrices for a *fixed* ``W_KQ = α P + β P⊥ + γ J``
-    (``w_kq_coordinates`` = (α, β, γ)): least squares on a fitting sample, as in
-    :func:`best_in_class`, then the excess on fresh sequences. Returns the model, the excess
-    and its standard error (chapter *Self-attention as a mean denoiser*: the bias–variance
-    trade-off in the temperature)."""
+    """The best readout for a fixed ``W_KQ`` with coordinates ``w_kq_coordinates`` (α, β, γ),
+    by least squares; returns the model, its excess on fresh sequences and the standard error
+    (:doc:`/book/attention`, *The bias–variance trade-off*).
+    """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_sequences = positive_int(
         n_sequences or max(64, TOKEN_BUDGET // n_tokens), "n_sequences"

@@ -1,69 +1,14 @@
-"""Bounds behind the convergence theorem (chapter *The convergence theorem*; used again in
-chapter *Tokens per data point*).
+"""The first-order token bound of the convergence theorem (derived in
+:doc:`/book/convergence`, *The token bound*; used in :doc:`/book/tokens`).
 
-**The token bound.** For a fixed layer W the excess risk at L tokens has the first-order
-expansion of :class:`mtgmm.theory.TokenExpansion` (asymptotic, L → ∞, needs κ < 1):
+For ``W_KQ = c (P − J)`` and a readout θ over the orthonormal symmetric matrices E_m, the
+first-order excess ``limit + (variance + bias)/n`` of :class:`mtgmm.theory.TokenExpansion`
+is a quadratic in θ, with Monte Carlo moments G, h, S, C, u:
 
-    excess_L(W) ≈ limit(W) + (variance(W) + bias(W)) / (L − 1).
+    limit = θᵀ G θ − 2 hᵀ θ + E‖ε*‖²,  variance = θ_Vᵀ S θ_V,  bias = 2 θᵀ C θ_V − 2 uᵀ θ_V.
 
-Fix ``W_KQ = c (P − J)`` (the shape of the best models; the temperature is ``c s²``) and let
-the readout be ``W_V = Σ_m θ_{V,m} E_m``, ``W_S = Σ_m θ_{S,m} E_m`` over the
-Frobenius-orthonormal symmetric matrices E_m (:func:`mtgmm.theory.orthonormal_symmetric_basis`).
-Each of the three terms is then a polynomial of degree two in θ = (θ_S, θ_V): with
-per-token features ``F = [x E_m ; m_q E_m]`` (m_q the attention limit of the query
-``q = x W_KQ``), the oracle ε*, the fluctuation matrix ``V_ab = tr(E_aᵀ Σ_q E_b)`` and the
-bias vectors ``β E_m`` of :func:`mtgmm.theory.attention_bias`,
-
-    limit    = θᵀ G θ − 2 hᵀ θ + E‖ε*‖²,        G = E FFᵀ, h = E F ε*,
-    variance = θ_Vᵀ S θ_V,                       S = E V,
-    bias     = 2 θᵀ C θ_V − 2 uᵀ θ_V,           C = E F (β E)ᵀ, u = E ε* · β E.
-
-So for n = L − 1 keys the first-order excess is a quadratic in θ. The readout of ``W(c, L)``
-minimises its positive part, ``limit + variance/n = θᵀ (G + Ŝ/n) θ − 2 hᵀ θ + E‖ε*‖²`` (Ŝ:
-S placed in the value block), a strictly convex quadratic with minimiser
-``θ*(c, L) = (G + Ŝ/n)⁻¹ h``; the bias term, indefinite and heavy-tailed, is evaluated but
-not optimised (minimising through it exploits the expansion's own errors). Each ``W(c, L)`` is
-one member of the symmetric class, so the best symmetric model at L has excess at most
-``excess_L(W(c, L))`` for every c, and
-
-    bound(L) = min_c [ limit(W(c, L)) + slope(W(c, L)) / (L − 1) ]
-
-bounds the best symmetric model's excess *to first order in 1/L*: asymptotic, not rigorous at
-small L, where the dropped 1/L² terms matter. They are small once the number of keys that
-carry the weight, ``(L − 1)`` times the effective-sample-size fraction of
-:func:`mtgmm.theory.ess_fraction`, is large; a temperature enters the minimum at L only when
-``(L − 1) · ESS ≥ min_keys`` (ESS averaged over query tokens), which keeps out the hot
-temperatures whose large self-attention bias would otherwise extrapolate to a negative excess
-at short contexts. The variance penalty is what makes the readout well defined: at L = ∞ the
-value feature along P⊥ is identically zero and the others are nearly collinear with the skip
-features at low temperature, so the readout that is optimal at L = ∞ has huge value weights
-whose fluctuation dominates at any finite L.
-
-The moments are estimated by Monte Carlo on one sample of marginal tokens, common to every
-temperature (common random numbers), and the reported excess and its standard error are
-computed on a second, independent sample, so the estimate is unbiased for the chosen weights
-(the minimum over the temperature grid adds a small downward selection bias). The grid is
-restricted to κ = 2 (c s²)² < 1, where the 1/L constant exists. Its Monte Carlo estimate is
-another matter: the variance term has a finite variance only for κ < 1/2 (c s² < 1/2;
-:func:`mtgmm.theory.variance_exponent`), and the self-attention part of the bias term (the
-query's own key, unless the diagonal is masked) only for c s² < 1 − 1/√2 ≈ 0.29: with
-``x = a μ + s z`` its weight ``e^{⟨q, x⟩}/E e^{⟨q, x⟩}`` grows like
-``exp((τ − τ²/2) ‖z'‖²)``, τ = c s², z' the part of z in the span of P − J, and
-``E exp(2 (τ − τ²/2) χ²)`` is finite iff ``τ − τ²/2 < 1/4``. Beyond that the estimates are
-erratic (at ᾱ = 0.9 a grid point at c s² = 0.48 returned a *negative* first-order excess), so
-the default grid stops at 0.28. As L → ∞ the bound tends to the smallest L = ∞ excess on the
-grid, which is positive: below that floor the bound says nothing, because hotter temperatures
-(and, beyond κ = 1, the oracle's) have either unreliable or no 1/L constant.
-
-**The temperature landscape and the iteration count.** :class:`Profile` is the profile excess
-ℓ(τ) along the temperature line (readout solved exactly, one fixed sample of sequences), with
-its derivative by automatic differentiation; :func:`sign_changes` lists the stationary points a
-grid resolves, and :func:`temperature_iterations` the number of gradient steps on ℓ that the
-lemma on the temperature landscape guarantees. The readout's own count is
-:func:`mtgmm.theory.gd_iterations`.
-
-Layer: after :mod:`mtgmm.best` (whose profiled least squares :class:`Profile` reuses), before
-:mod:`mtgmm.training`.
+The readout minimises ``limit + variance/n``; ``bound(L) = min_c`` of the full first-order
+excess over a grid of temperatures ``c s²`` with ``(L − 1) · ESS ≥ min_keys``.
 """
 
 from __future__ import annotations
@@ -73,26 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from scipy import optimize
 from torch import Tensor
 
 from ._checks import nonnegative_float, positive_int, single_level
-from .attention import SymmetricBasis, attend
-from .best import invariant_matrices, readout_profile
+from .attention import SymmetricBasis
 from .mixture import MultiTokenGMM
-from .objective import noisy_batch
 from .oracle import oracle_eps
 from .stats import mean_stderr
+from .symmetry import orthonormal_symmetric_basis
 from .theory import (
     _marginal_tokens,
     _tilted_terms,
     attention_bias,
-    orthonormal_symmetric_basis,
 )
 
 DEFAULT_TEMPERATURES = tuple(round(0.04 * i, 2) for i in range(8))
-"""Default grid of temperatures ``c s²``: 0 to 0.28, where every Monte Carlo term of the
-expansion has a finite variance (see the module docstring)."""
+"""Temperatures ``c s²`` 0 to 0.28, below 1 − 1/√2: every Monte Carlo term has finite variance."""
 
 DEFAULT_SAMPLES = 2**14
 """Default marginal tokens in each of the two Monte Carlo samples (fit and evaluation)."""
@@ -107,7 +48,7 @@ MIN_KEYS = 4.0
 def _level(
     gmm: MultiTokenGMM, alpha_bar: float, what: str
 ) -> tuple[float, MultiTokenGMM, float]:
-    """Validate one noise level; return ``(ᾱ, the mixture in float64 on the CPU, s²)``."""
+    """Validate one level; return ``(ᾱ, the mixture in float64 on the CPU, s²)``."""
     ab = single_level(alpha_bar)
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     s2 = gmm64.noise_variance(ab).item()
@@ -118,22 +59,16 @@ def _level(
 
 @dataclass(frozen=True)
 class TokenBound:
-    """The first-order token bound at several L (see the module docstring).
+    """The first-order token bound at M values of L, on a grid of C temperatures.
 
     Attributes:
-        n_tokens: (M,) the L values.
-        excess: (M,) first-order bound on the best symmetric model's excess at L
-            (``inf`` where no temperature of the grid gives a bounded quadratic).
-        stderr: (M,) its Monte Carlo standard error.
-        temperature: (M,) the ``c s²`` that attains the minimum at each L.
-        limit: (M,) the L = ∞ part of the bound, ``limit(W(c*, L))``.
-        slope: (M,) its 1/(L − 1) coefficient, ``variance + bias`` of ``W(c*, L)``.
-        coefficients: (M, 3, 3) reduced coordinates of ``W(c*, L)``: rows W_KQ, W_V, W_S,
-            columns (α, β, γ) of ``α P + β P⊥ + γ J`` (as in :class:`mtgmm.best.BestInClass`).
-        temperatures: (C,) the grid of ``c s²``.
-        grid_excess: (C, M) the first-order excess of ``W(c, L)`` for every grid point
-            (``inf`` where ``(L − 1) · ESS < min_keys``).
-        ess: (C,) the mean effective-sample-size fraction of each grid temperature.
+        n_tokens, excess, stderr: (M,) L, the bound (``inf`` where no temperature is trusted)
+            and its standard error.
+        temperature, limit, slope: (M,) the minimising ``c s²``, and the bound's L = ∞ part
+            and 1/(L − 1) coefficient.
+        coefficients: (M, 3, 3) reduced coordinates of ``W(c*, L)`` (rows W_KQ, W_V, W_S).
+        temperatures, ess: (C,) the grid and its mean ESS fractions.
+        grid_excess: (C, M) the first-order excess of every ``W(c, L)``.
     """
 
     n_tokens: Tensor
@@ -150,10 +85,9 @@ class TokenBound:
 
 @dataclass(frozen=True)
 class _Moments:
-    """Monte Carlo moments of one sample, stacked over the C temperatures (see the module
-    docstring): ``gram`` G (C, 2m, 2m), ``target`` h (C, 2m), ``total`` E‖ε*‖², ``fluct`` S
-    (C, m, m), ``cross`` C (C, 2m, m), ``bias_target`` u (C, m), ``ess`` the mean ESS
-    fraction (C,)."""
+    """Moments of one sample over C temperatures: G (C, 2m, 2m), h (C, 2m), E‖ε*‖², S
+    (C, m, m), C (C, 2m, m), u (C, m), ESS fraction (C,).
+    """
 
     gram: Tensor
     target: Tensor
@@ -165,8 +99,7 @@ class _Moments:
 
 
 class _Problem:
-    """The quadratic first-order problems of one mixture, level and temperature grid, on a
-    fitting and an evaluation sample (common to all temperatures)."""
+    """The quadratic problems of one mixture, level and grid, on a fit and an evaluation sample."""
 
     def __init__(
         self,
@@ -201,11 +134,9 @@ class _Problem:
         return (temperature / self.s2) * (self.sym.P - self.sym.J)
 
     def _features(self, x: Tensor, temperature: float):
-        """Per token: features F (N, 2m, d), ε* (N, d), fluctuation V (N, m, m), the bias
-        vectors β E_m (N, m, d) and the ESS fraction (N,) of :func:`mtgmm.theory.ess_fraction`.
-        With ``Σ_q = Σ_k ρ_k [s² I + δ_k δ_kᵀ]`` (:func:`mtgmm.theory.attention_fluctuation`)
-        and orthonormal E_m,
-        ``V_ab = Σ_k ρ_k [s² 1{a = b} + (δ_k E_a)·(δ_k E_b)]``."""
+        """Per token: features F (N, 2m, d), ε* (N, d), fluctuation
+        ``V_ab = Σ_k ρ_k [s² 1{a = b} + (δ_k E_a)·(δ_k E_b)]`` (N, m, m), β E_m (N, m, d), ESS (N,).
+        """
         q = x @ self.w_kq(temperature)
         limit, rho, delta, _, s2 = _tilted_terms(self.gmm, self.alpha_bar, q)
         feats = torch.einsum("nd,mde->nme", torch.cat([x, limit]), self.basis)
@@ -244,8 +175,7 @@ class _Problem:
     def _quadratic(
         self, mom: _Moments, n_keys: Tensor, bias: bool
     ) -> tuple[Tensor, Tensor]:
-        """M_n (C, M, 2m, 2m) and b_n (C, M, 2m) for n = ``n_keys`` (M,); without the bias
-        terms (``bias=False``) M_n = G + Ŝ/n and b_n = h."""
+        """M_n (C, M, 2m, 2m) and b_n (C, M, 2m) for n = ``n_keys``; ``bias=False``: G + Ŝ/n, h."""
         m = self.basis.shape[0]
         extra = torch.zeros_like(mom.gram)
         lin = torch.zeros_like(mom.target)
@@ -259,8 +189,9 @@ class _Problem:
         return mat, mom.target[:, None] + inv_n * lin[:, None]
 
     def evaluate(self, n_tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """θ*(c, L) (C, M, 2m), fitted on the fitting sample by minimising limit + variance/n,
-        and its limit and full first-order excess (C, M) on the evaluation sample."""
+        """θ*(c, L) (C, M, 2m) fitted on the fit sample, and its limit and first-order excess
+        (C, M) on the evaluation sample.
+        """
         mat, vec = self._quadratic(self.fit, n_tokens - 1, bias=False)
         theta = torch.linalg.solve(mat, vec)
         mom = self.eval
@@ -349,17 +280,10 @@ def token_bound(
     mask_self: bool = False,
     min_keys: float = MIN_KEYS,
 ) -> TokenBound:
-    """First-order bound on the best symmetric model's excess risk at each L of
-    ``token_counts`` (integers ≥ 2): ``min_c`` over ``temperatures`` (values of ``c s²``,
-    default :data:`DEFAULT_TEMPERATURES`, each with ``2 (c s²)² < 1``) of the first-order
-    excess of ``W(c, L)``: ``W_KQ = c (P − J)`` with the readout that minimises that
-    first-order excess (derivation and caveats in the module docstring; asymptotic in L).
-
-    ``n_samples`` marginal tokens in each of two samples (fit and evaluation), common to every
-    temperature and L; ``generator`` seeds both. ``mask_self`` selects the variant in which a
-    token does not attend to itself. A temperature is used at L only if
-    ``(L − 1) · ESS ≥ min_keys``; at an L where none is, the bound is ``inf``. Chapter *The
-    convergence theorem*.
+    """First-order bound on the best symmetric model's excess at each L of ``token_counts``
+    (integers ≥ 2): ``min_c`` over ``temperatures`` (values of ``c s²``, ``2 (c s²)² < 1``) of the
+    first-order excess of ``W_KQ = c (P − J)`` with its fitted readout (asymptotic in L).
+    ``n_samples`` tokens in each of the fit and evaluation samples.
     """
     counts = _token_counts(token_counts)
     problem = _Problem(
@@ -412,12 +336,9 @@ def tokens_needed(
     mask_self: bool = False,
     min_keys: float = MIN_KEYS,
 ) -> float:
-    """The smallest L (≥ 2) whose :func:`token_bound` is at most ``target``: the first
-    crossing of a geometric scan of L, refined by bisection, so that
-    ``bound(L) ≤ target < bound(L − 1)``. ``inf`` if the bound stays above ``target`` up to
-    :data:`MAX_TOKENS` (e.g. below the floor of the module docstring). Same arguments, same
-    samples and so the same bound as :func:`token_bound` with the same ``generator`` state.
-    Asymptotic in L, like the bound."""
+    """Smallest L ≥ 2 with ``token_bound(L) ≤ target`` (geometric scan, then bisection); ``inf``
+    if none up to :data:`MAX_TOKENS`. Same samples as :func:`token_bound` for the same generator.
+    """
     if not (isinstance(target, int | float) and math.isfinite(target) and target > 0):
         raise ValueError(f"target must be a finite number > 0, got {target!r}")
     problem = _Problem(
@@ -446,173 +367,9 @@ def tokens_needed(
     return float(hi)
 
 
-# ------------------------------------------------------------ the temperature landscape
+def __getattr__(name):  # TEMPORARY (issue #11): Profile now lives in mtgmm.descent
+    if name in {"Profile", "sign_changes", "temperature_iterations"}:
+        from . import descent
 
-
-class Profile:
-    """The profile excess along the temperature line, on one fixed sample of sequences:
-
-        ℓ(τ) = min over (W_V, W_S) symmetric of  mean ‖f(X) − ε*(X)‖²,   W_KQ = (τ/s²)(P − J),
-
-    τ = c s² the temperature. The readout is solved exactly by least squares for every τ
-    (:mod:`mtgmm.best` profiles it out the same way), so ℓ is a smooth deterministic function
-    of τ (sample average approximation: the same sequences at every τ, common random
-    numbers). Gradient descent on ℓ is the temperature half of the two-timescale scheme of
-    chapter *The convergence theorem*; by the envelope theorem ``ℓ'(τ)`` is the partial
-    derivative of the loss in τ at the optimal readout.
-
-    Args:
-        gmm, alpha_bar: the mixture and the noise level.
-        n_tokens: L.
-        n_sequences: size of the fixed sample (default ``max(64, 2^15 // L)``).
-        generator: seeds the sample.
-        mask_self: the masked variant.
-    """
-
-    def __init__(
-        self,
-        gmm: MultiTokenGMM,
-        alpha_bar: float,
-        n_tokens: int,
-        n_sequences: int | None = None,
-        generator: torch.Generator | None = None,
-        mask_self: bool = False,
-    ) -> None:
-        self.n_tokens = positive_int(n_tokens, "n_tokens")
-        n_sequences = positive_int(
-            n_sequences or max(64, 2**15 // n_tokens), "n_sequences"
-        )
-        self.alpha_bar, self.gmm, self.s2 = _level(gmm, alpha_bar, "the profile")
-        self.mask_self = bool(mask_self)
-        self.x, _ = noisy_batch(
-            self.gmm, self.alpha_bar, n_sequences, n_tokens, generator
-        )
-        self.target = oracle_eps(self.gmm, self.x, self.alpha_bar)
-        basis, self._columns = invariant_matrices(self.gmm, include_j=True)
-        self._evaluate = readout_profile(self.x, self.target, basis, self.mask_self)
-        direction = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
-        self._direction = direction[self._columns] / self.s2
-
-    def _at(self, tau: float, grad: bool) -> tuple[Tensor, Tensor, Tensor]:
-        t = torch.tensor(float(tau), dtype=torch.float64, requires_grad=grad)
-        value, theta = self._evaluate(t * self._direction)
-        return t, value, theta
-
-    def value(self, tau: float) -> float:
-        """ℓ(τ)."""
-        with torch.no_grad():
-            return self._at(tau, False)[1].item()
-
-    def derivative(self, tau: float) -> tuple[float, float]:
-        """(ℓ(τ), ℓ'(τ)), the derivative by automatic differentiation."""
-        t, value, _ = self._at(tau, True)
-        (grad,) = torch.autograd.grad(value, t)
-        return value.item(), grad.item()
-
-    def coefficients(self, tau: float) -> Tensor:
-        """(3, 3) reduced coordinates of the profile's model at τ (rows W_KQ, W_V, W_S)."""
-        with torch.no_grad():
-            _, _, theta = self._at(tau, False)
-        m = len(self._columns)
-        coefficients = torch.zeros(3, 3, dtype=torch.float64)
-        coefficients[0, self._columns] = float(tau) * self._direction
-        coefficients[2, self._columns] = theta[:m]
-        coefficients[1, self._columns] = theta[m:]
-        return coefficients
-
-    def per_sequence(self, tau: float) -> Tensor:
-        """Per-sequence excess of the profile's model at τ on the sample (n,): its mean is
-        ℓ(τ), its standard deviation / √n the standard error of ℓ(τ) at a fixed τ."""
-        weights = SymmetricBasis(self.gmm).compose(self.coefficients(tau))
-        with torch.no_grad():
-            out = self.x @ weights[2] + attend(
-                self.x, weights[0], weights[1], self.mask_self
-            )
-        return ((out - self.target) ** 2).sum(-1).mean(-1)
-
-    def scan(self, temperatures: Sequence[float]) -> tuple[Tensor, Tensor]:
-        """ℓ and ℓ' at each of ``temperatures`` (two tensors of their length)."""
-        pairs = [self.derivative(t) for t in temperatures]
-        return tuple(
-            torch.tensor(v, dtype=torch.float64) for v in zip(*pairs, strict=True)
-        )
-
-    def minimum(self, temperatures: Sequence[float]) -> tuple[float, float]:
-        """(τ*, ℓ(τ*)): the best point of the (sorted) grid ``temperatures``, refined by a
-        bounded Brent search between its neighbours. Global on the grid's range as far as the
-        grid resolves ℓ."""
-        grid = sorted(float(t) for t in temperatures)
-        values = [self.value(t) for t in grid]
-        i = min(range(len(grid)), key=values.__getitem__)
-        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-        if lo == hi:
-            return grid[i], values[i]
-        result = optimize.minimize_scalar(
-            self.value, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7}
-        )
-        if result.fun > values[i]:
-            return grid[i], values[i]
-        return float(result.x), float(result.fun)
-
-    def descent_constants(
-        self, tau0: float, tau_star: float, n_grid: int = 33
-    ) -> tuple[float, float]:
-        """(S, m) on the segment between τ0 and τ*, from ℓ' on a uniform grid of ``n_grid``
-        points: the smoothness ``S = max |ℓ''|`` (difference quotients of ℓ') and the secant
-        constant ``m = min ℓ'(τ)/(τ − τ*)`` (at τ* itself the difference quotient of ℓ'
-        there). The constants of :func:`temperature_iterations`; grid estimates of a sup and
-        an inf, so refine ``n_grid`` until they settle."""
-        n_grid = positive_int(n_grid, "n_grid")
-        if n_grid < 3 or tau0 == tau_star:
-            raise ValueError("need n_grid >= 3 and tau0 != tau_star")
-        grid = torch.linspace(tau0, tau_star, n_grid, dtype=torch.float64).tolist()
-        slopes = torch.tensor(
-            [self.derivative(t)[1] for t in grid], dtype=torch.float64
-        )
-        taus = torch.tensor(grid, dtype=torch.float64)
-        curvature = (slopes[1:] - slopes[:-1]) / (taus[1:] - taus[:-1])
-        secants = torch.cat([slopes[:-1] / (taus[:-1] - tau_star), curvature[-1:]])
-        return curvature.abs().max().item(), secants.min().item()
-
-
-def sign_changes(temperatures: Sequence[float], slopes: Sequence[float]) -> list[float]:
-    """The stationary points that a grid resolves: where ``slopes`` (ℓ' at the sorted
-    ``temperatures``) changes sign, located by linear interpolation of ℓ'."""
-    grid = [float(t) for t in temperatures]
-    slopes = [float(g) for g in slopes]
-    if len(grid) != len(slopes) or grid != sorted(grid):
-        raise ValueError("temperatures must be sorted and match slopes in length")
-    points = []
-    for i in range(len(grid) - 1):
-        (t0, t1), (g0, g1) = grid[i : i + 2], slopes[i : i + 2]
-        if g0 == 0 or g0 * g1 < 0:
-            points.append(t0 + (t1 - t0) * g0 / (g0 - g1))
-    return points
-
-
-def temperature_iterations(
-    distance0: float, target: float, smoothness: float, secant: float, step: float
-) -> int:
-    """Gradient steps on the profile that guarantee ``ℓ(τ_k) − ℓ(τ*) ≤ target`` from
-    ``|τ0 − τ*| = distance0`` (rigorous given the constants; chapter *The convergence
-    theorem*, lemma on the temperature landscape).
-
-    If ℓ' has the sign of τ − τ* on the segment between τ0 and τ* (no other stationary
-    point there), ``|ℓ''| ≤ S`` (``smoothness``) and ``ℓ'(τ)/(τ − τ*) ≥ m`` (``secant``) on it,
-    then for ``0 < step ≤ 1/S`` each step contracts ``τ − τ*`` by a factor in
-    ``[0, 1 − step·m]`` without crossing τ*, and ``ℓ − ℓ* ≤ (S/2)(τ − τ*)²``, so
-
-        k = ⌈ log(S · distance0² / (2 target)) / (−2 log(1 − step · m)) ⌉.
-    """
-    if not (distance0 >= 0 and target > 0):
-        raise ValueError("distance0 must be >= 0 and target > 0")
-    if not 0 < secant <= smoothness:
-        raise ValueError(f"need 0 < secant <= smoothness, got {secant}, {smoothness}")
-    if not 0 < step <= 1 / smoothness:
-        raise ValueError(f"step must satisfy 0 < step <= 1/smoothness, got {step}")
-    start = smoothness * distance0**2 / 2
-    if start <= target:
-        return 0
-    if step * secant >= 1:
-        return 1
-    return math.ceil(math.log(start / target) / (-2 * math.log1p(-step * secant)))
+        return getattr(descent, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

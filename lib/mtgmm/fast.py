@@ -1,11 +1,8 @@
 """Faster equivalents of the reference code, used only where CPU speed matters.
 
-Nothing here changes what is computed: :func:`row_softmax` is a softmax, :class:`BankLoss`
-is the bank's loss with its gradient written by hand, :class:`Stepper` is SGD (or Adam)
-with one step size per layer, and :func:`train_bank_loop` is the slow loop that
-:func:`mtgmm.train_bank` is checked against. ``tests/test_fast.py`` checks each against the
-reference path (:func:`mtgmm.attend`, autograd, :func:`mtgmm.train`); ``benchmarks/``
-times them. A reader of the book never needs this module.
+Nothing here changes what is computed: a short-row softmax, the bank's loss with a
+hand-written gradient, SGD or Adam with one step size per layer, and the slow per-layer loop
+:func:`mtgmm.train_bank` is checked against (``tests/test_fast.py``). A reader never needs it.
 """
 
 from __future__ import annotations
@@ -220,9 +217,9 @@ def train_bank_loop(
     progress: bool = True,
     **options,
 ):
-    """:func:`mtgmm.train_bank`'s recipe one timestep at a time: each layer trained alone by
-    :func:`mtgmm.train`. Slower; the reference the batched version is checked and
-    benchmarked against. Returns a :class:`mtgmm.training.BankHistory`."""
+    """:func:`mtgmm.train_bank`'s recipe one layer at a time by :func:`mtgmm.train`: the slow
+    reference; returns a :class:`mtgmm.training.BankHistory`.
+    """
     from . import training
 
     opts = training.TrainOptions(progress=False, **options)

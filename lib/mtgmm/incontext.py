@@ -1,12 +1,10 @@
-"""Means drawn afresh for each sequence (chapter :doc:`When the means change with each
+"""Means drawn afresh for each sequence (derived in :doc:`When the means change with each
 sequence <../incontext>`).
 
-A sequence draws a frame ``F = [R μ_1 … R μ_K]`` (R Haar on O(d), or a random sign per
-mean), then its tokens from ``Σ_k π_k N(F_k, σ0² I)``. Given F the oracle is the book's
-fixed-means oracle with means F (:func:`known_means_eps`); the sequence-level Bayes
-estimator ``E[ε_l | X_t]`` averages it over the posterior of F given all tokens
-(:func:`frame_posterior_eps` for a finite set of frames, :func:`bayes_eps` by tempered
-sequential Monte Carlo over R).
+A sequence draws a frame ``F = [R μ_1 … R μ_K]`` (R Haar on O(d), or a sign per mean), then
+its tokens from ``Σ_k π_k N(F_k, σ0² I)``. :func:`known_means_eps` is the oracle given F;
+the Bayes estimator ``E[ε_l | X_t]`` averages it over the posterior of F
+(:func:`frame_posterior_eps` for finitely many frames, :func:`bayes_eps` over R).
 """
 
 from __future__ import annotations
@@ -25,8 +23,9 @@ GROUPS = ("orthogonal", "sign")
 def haar_orthogonal(
     n: int, dim: int, generator: torch.Generator | None = None, dtype=None
 ) -> Tensor:
-    """``n`` matrices Haar-distributed on O(d), shape ``(n, d, d)``: the Q factor of a
-    Gaussian matrix with the signs of diag(R) fixed (Mezzadri 2007), computed in float64."""
+    """``n`` Haar matrices on O(d), (n, d, d): the sign-fixed Q factor of a Gaussian matrix
+    (Mezzadri 2007), in float64.
+    """
     n, dim = positive_int(n, "n"), positive_int(dim, "dim")
     device = generator.device if generator is not None else "cpu"
     g = torch.randn(
@@ -38,14 +37,9 @@ def haar_orthogonal(
 
 
 class RotatedGMM(MultiTokenGMM):
-    """A :class:`~mtgmm.mixture.MultiTokenGMM` whose means are moved by a fresh random map g per
-    sequence: ``F = μ gᵀ`` (rows ``g μ_k``), g Haar on O(d) (``group="orthogonal"``) or a
-    random sign per mean (``group="sign"``: ``F_k = ±μ_k``).
-
-    ``means`` stays the reference frame μ, so the class is accepted wherever a
-    ``MultiTokenGMM`` is (:func:`~mtgmm.training.train`,
-    :func:`~mtgmm.training.train_bank`, the metrics); note that their built-in excess
-    is measured against the fixed-means oracle of μ.
+    """A :class:`~mtgmm.mixture.MultiTokenGMM` with a fresh map g per sequence: frame ``F = μ gᵀ``,
+    g Haar on O(d) (``group="orthogonal"``) or a sign per mean (``group="sign"``). ``means``
+    stays the reference μ, so built-in excess risks are against the fixed-means oracle.
     """
 
     def __init__(self, means, weights=None, sigma0: float = 0.0, group="orthogonal"):
@@ -103,8 +97,7 @@ class RotatedGMM(MultiTokenGMM):
         return x0, labels, frames
 
     def sample(self, n, n_tokens, generator=None) -> tuple[Tensor, Tensor]:
-        """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, each sequence
-        its own frame."""
+        """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, a frame per sequence."""
         x0, labels, _ = self.sample_frames(n, n_tokens, generator)
         return x0, labels
 
@@ -129,8 +122,7 @@ def _levels(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar) -> tuple[Tensor, ...]:
 
 
 def _logits(gmm, frames: Tensor, x_t: Tensor, a: Tensor, s2: Tensor) -> Tensor:
-    """log π_k − ‖x_l − a_l F_k‖²/(2 s_l²) + (terms free of F): shape ``(..., M, L, K)``
-    for frames ``(..., M, K, d)`` and tokens ``(..., L, d)``."""
+    """log π_k − ‖x_l − a_l F_k‖²/(2 s_l²), shape (..., M, L, K), frames (..., M, K, d)."""
     scores = torch.einsum("...ld,...mkd->...mlk", x_t, frames)
     sq = (frames**2).sum(-1)[..., None, :]  # (..., M, 1, K)
     quad = (a[:, None] * scores - 0.5 * (a**2)[:, None] * sq) / s2[:, None]
@@ -138,8 +130,9 @@ def _logits(gmm, frames: Tensor, x_t: Tensor, a: Tensor, s2: Tensor) -> Tensor:
 
 
 def _frame_eps(gmm, frames, x_t, a, b, s2) -> tuple[Tensor, Tensor]:
-    """ε*_F(x_l) for every frame: ``(b/s²)(x − a Σ_k w_k F_k)``, shape ``(..., M, L, d)``,
-    and the per-frame log-likelihood of the tokens ``(..., M)`` (up to a constant)."""
+    """ε*_F(x_l) = (b/s²)(x − a Σ_k w_k F_k) per frame (..., M, L, d), and each frame's
+    log-likelihood (..., M) up to a constant.
+    """
     logits = _logits(gmm, frames, x_t, a, s2)
     cluster_mean = torch.softmax(logits, -1) @ frames  # (..., M, L, d)
     eps = (b / s2)[:, None] * (x_t[..., None, :, :] - a[:, None] * cluster_mean)
@@ -149,9 +142,9 @@ def _frame_eps(gmm, frames, x_t, a, b, s2) -> tuple[Tensor, Tensor]:
 def known_means_eps(
     gmm: MultiTokenGMM, x_t: Tensor, frames: Tensor, alpha_bar
 ) -> Tensor:
-    """E[ε | x_t, F]: the fixed-means oracle of :func:`~mtgmm.oracle.oracle_eps` with means
-    ``frames`` (n, K, d), sequence by sequence; ``x_t`` (n, L, d), ``alpha_bar`` a number
-    or one level per token ``(L,)``."""
+    """E[ε | x_t, F]: :func:`~mtgmm.oracle.oracle_eps` with means ``frames`` (n, K, d) per
+    sequence; ``x_t`` (n, L, d), ``alpha_bar`` a number or one level per token (L,).
+    """
     if frames.ndim != 3 or frames.shape[1:] != gmm.means.shape:
         raise ValueError(f"frames must have shape (n, K, d), got {tuple(frames.shape)}")
     a, b, s2 = _levels(gmm, x_t, alpha_bar)
@@ -165,10 +158,9 @@ def frame_posterior_eps(
     alpha_bar,
     log_prior: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """E[ε_l | X_t] when the frame ranges over a finite set: frames ``(M, K, d)`` (shared)
-    or ``(n, M, K, d)``, prior ``log_prior`` (uniform when None). The posterior weight of
-    frame m is ∝ prior_m · Π_l Σ_k π_k N(x_l; a_l F_{m,k}, s_l² I). Returns ``(eps, w)``:
-    ``(n, L, d)`` and the weights ``(n, M)``."""
+    """``(E[ε_l | X_t], w)`` over a finite set of frames (M, K, d) or (n, M, K, d), with
+    ``w_m ∝ prior_m · Π_l Σ_k π_k N(x_l; a_l F_{m,k}, s_l² I)``; shapes (n, L, d) and (n, M).
+    """
     if frames.ndim == 3:
         frames = frames.expand(x_t.shape[0], *frames.shape)
     if frames.ndim != 4 or frames.shape[-2:] != gmm.means.shape:
@@ -185,9 +177,9 @@ def frame_posterior_eps(
 
 @dataclass(frozen=True)
 class BayesEstimate:
-    """What :func:`bayes_eps` returns: ``eps`` (n, L, d), and per sequence the effective
-    sample size of the last reweighting before resampling (``ess``, out of ``n_particles``),
-    the tempering stages taken and the mean Metropolis acceptance rate."""
+    """``eps`` (n, L, d) of :func:`bayes_eps`, and per sequence the last ``ess``, the tempering
+    ``stages`` and the mean Metropolis acceptance.
+    """
 
     eps: Tensor
     ess: Tensor
@@ -221,15 +213,9 @@ def bayes_eps(
     n_moves: int = 3,
     generator: torch.Generator | None = None,
 ) -> BayesEstimate:
-    """E[ε_l | X_t] for Haar frames, by tempered sequential Monte Carlo over R.
-
-    Particles start from the prior (F = μ Rᵀ, R Haar). Each stage raises the power β of
-    the likelihood as far as keeps the effective sample size ≥ M/2, reweights, resamples
-    (multinomial) and takes ``n_moves`` Metropolis steps ``F ← F Qᵀ`` with Q the Cayley
-    transform ``(I − hA/2)⁻¹(I + hA/2)`` of a standard skew-symmetric Gaussian A (A and −A
-    equally likely, so the proposal is symmetric; the prior is Haar-invariant), with h
-    tuned per sequence to the acceptance rate. At β = 1 the self-normalised average of
-    ε*_F(x_l) over the particles is the estimate.
+    """E[ε_l | X_t] for Haar frames by tempered sequential Monte Carlo over R: reweight to the
+    largest β keeping ESS ≥ M/2, resample, and take ``n_moves`` Metropolis steps ``F ← F Qᵀ``
+    with Q the Cayley transform ``(I − hA/2)⁻¹(I + hA/2)`` of a skew-symmetric Gaussian A.
     """
     if not isinstance(gmm, RotatedGMM) or gmm.group != "orthogonal":
         raise ValueError("gmm must be a RotatedGMM with group='orthogonal'")
@@ -279,11 +265,9 @@ def bayes_eps(
 
 
 def risk_bracket(eps: Tensor, eps_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per sequence ``(lower, middle, upper)`` estimates of the Bayes risk per token from a
-    Monte Carlo estimate ε̂ of E[ε | X_t]: ``upper = ‖ε − ε̂‖²`` (the direct risk, biased up
-    by the Monte Carlo error), ``lower = ‖ε‖² − ‖ε̂‖²`` (the identity R* = E‖ε‖² −
-    E‖E[ε|X_t]‖², biased down by it) and their mean ``‖ε‖² − ⟨ε, ε̂⟩``, all averaged over
-    tokens; shapes ``(n,)``."""
+    """Per sequence (n,) ``(lower, middle, upper)`` of the Bayes risk per token from an
+    estimate ε̂ of E[ε | X_t]: ``‖ε‖² − ‖ε̂‖²``, ``‖ε‖² − ⟨ε, ε̂⟩``, ``‖ε − ε̂‖²``.
+    """
     if eps.shape != eps_hat.shape or eps.ndim != 3:
         raise ValueError("eps and eps_hat must have the same shape (n, L, d)")
     upper = ((eps - eps_hat) ** 2).sum(-1).mean(-1)

@@ -1,16 +1,9 @@
-"""Sample quality against the true multi-token mixture (chapter :doc:`/book/sampling`).
+"""Sample quality against the true multi-token mixture (:doc:`/book/sampling`): cluster
+occupancy against π, per-cluster mean and spread against μ_k and σ0, and the sliced
+2-Wasserstein distance next to its noise floor.
 
-Three views of a sample set, each with an error bar that says what it covers:
-
-* cluster occupancy (which cluster each token falls in) against the weights π;
-* per-cluster statistics (mean, within-cluster spread) against μ_k and σ0;
-* the sliced 2-Wasserstein distance between the token clouds, against fresh exact samples,
-  next to its noise floor (the same distance between two exact sample sets).
-
-Samples are ``(n, L, d)`` (n sequences of L tokens) or ``(N, d)`` (N lone tokens). Error bars
-treat **sequences** as the independent units: a sampler whose denoiser is attention couples
-the tokens of a sequence, while different sequences are independent draws. Nonlinear
-statistics get delete-one-sequence jackknife standard errors.
+Samples are ``(n, L, d)`` or ``(N, d)`` (lone tokens). Sequences are the independent units
+of every error bar; nonlinear statistics get delete-one-sequence jackknife errors.
 """
 
 from __future__ import annotations
@@ -53,12 +46,8 @@ def _as_sequences(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
 
 
 def cluster_assignments(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
-    """The cluster of each token, shape ``samples.shape[:-1]``.
-
-    For σ0 > 0 the Bayes classifier ``argmax_k w_k(x)`` (posterior weights at ᾱ = 1, so
-    ``log π_k − ‖x − μ_k‖² / (2σ0²)``); for σ0 = 0 the nearest mean. When clusters overlap
-    some exact samples are assigned to the wrong cluster, which biases the statistics below
-    even for perfect samples: compare against exact samples (:func:`summarize_samples` does).
+    """The cluster of each token, shape ``samples.shape[:-1]``: ``argmax_k log π_k − ‖x −
+    μ_k‖² / (2σ0²)`` (the nearest mean when σ0 = 0).
     """
     if samples.shape[-1] != gmm.dim:
         raise ValueError(f"samples must have last dimension d = {gmm.dim}")
@@ -70,8 +59,7 @@ def cluster_assignments(samples: Tensor, gmm: MultiTokenGMM) -> Tensor:
 
 
 class _Sums(NamedTuple):
-    """Per-sequence sufficient statistics: ``counts`` (n, K), ``offsets`` (n, K, d) = sums of
-    x − μ_k over the tokens assigned to k, ``squares`` (n, K) = sums of ‖x − μ_k‖²."""
+    """Per sequence: ``counts`` (n, K), sums of x − μ_k (n, K, d) and of ‖x − μ_k‖² (n, K)."""
 
     counts: Tensor
     offsets: Tensor
@@ -92,8 +80,7 @@ def _sequence_sums(x: Tensor, gmm: MultiTokenGMM) -> _Sums:
 def _jackknife(
     statistic: Callable[[_Sums], Tensor], sums: _Sums
 ) -> tuple[Tensor, Tensor]:
-    """``statistic`` of the totals over sequences and its delete-one-sequence jackknife
-    standard error ``√((n−1)/n Σ_i (θ_(−i) − θ̄)²)``. ``statistic`` must act on leading axes."""
+    """``statistic`` of the totals and its delete-one-sequence jackknife standard error."""
     n = sums.counts.shape[0]
     total = _Sums(*(v.sum(0) for v in sums))
     leave_out = _Sums(*(t - v for t, v in zip(total, sums, strict=True)))
@@ -104,12 +91,8 @@ def _jackknife(
 
 @dataclass(frozen=True)
 class Occupancy:
-    """Fractions of tokens per cluster against π.
-
-    ``fractions`` and ``stderr`` (jackknife over sequences) have shape (K,); ``tv`` is the
-    total-variation distance ``½ Σ_k |p̂_k − π_k|`` (biased upwards by sampling noise: its size
-    for exact samples is of order √(K / N)); ``chi2`` with ``df`` degrees of freedom and
-    ``p_value`` test H0: E p̂ = π (see :func:`cluster_occupancy`).
+    """Fractions of tokens per cluster (K,) with jackknife ``stderr``, ``tv = ½ Σ_k |p̂_k −
+    π_k|``, and ``chi2``, ``df``, ``p_value`` of the test of :func:`cluster_occupancy`.
     """
 
     fractions: Tensor
@@ -136,14 +119,11 @@ def _occupancy_test(fractions: Tensor, weights: Tensor) -> tuple[float, int, flo
 
 
 def cluster_occupancy(samples: Tensor, gmm: MultiTokenGMM) -> Occupancy:
-    """How often each cluster is visited, with standard errors and a test against π.
+    """Occupancy of each cluster with a score test of E p̂ = π across sequences:
 
-    Tokens are assigned by :func:`cluster_assignments`. The test is a Wald test in score
-    form: with f_i the fraction vector of sequence i (one coordinate dropped, as they sum
-    to 1), ``χ² = n δᵀ S₀⁺ δ`` with ``δ = mean_i f_i − π`` and ``S₀ = mean_i (f_i − π)(f_i − π)ᵀ``,
-    the covariance estimated under H0 across sequences, so dependent tokens within a sequence
-    are allowed; χ² → χ²_{K−1} under H0 as n → ∞. For independent tokens it tends to Pearson's
-    statistic. It never exceeds n, so a badly wrong sampler still gets a tiny p-value.
+        χ² = n δᵀ S₀⁺ δ,  δ = mean_i f_i − π,  S₀ = mean_i (f_i − π)(f_i − π)ᵀ,
+
+    f_i the fraction vector of sequence i; χ² → χ²_{K−1} under H0.
     """
     x = _as_sequences(samples, gmm)
     sums = _sequence_sums(x, gmm)
@@ -166,17 +146,10 @@ def cluster_occupancy(samples: Tensor, gmm: MultiTokenGMM) -> Occupancy:
 
 @dataclass(frozen=True)
 class ClusterStatistics:
-    """Per-cluster statistics of the tokens assigned to each cluster (arrays over K).
-
-    * ``means`` (K, d) and ``means_stderr`` (K, d): mean of the assigned tokens;
-    * ``mean_error`` = ‖mean − μ_k‖ with a jackknife ``mean_error_stderr`` (meaningful when
-      the error is well above the floor) and ``mean_error_floor`` = √(Σ_j stderr_kj²), the
-      root-mean-square error sampling noise alone would produce: E‖mean − μ_k‖² =
-      ‖bias‖² + floor²;
-    * ``spread`` = √(tr Cov_k / d), the within-cluster standard deviation per coordinate
-      (to compare with σ0), and ``spread_stderr``.
-
-    Clusters with fewer than 2 assigned tokens get NaN.
+    """Per-cluster statistics (arrays over K; NaN below 2 assigned tokens): ``means`` and
+    ``means_stderr`` (K, d), ``mean_error`` = ‖mean − μ_k‖ with its ``mean_error_stderr`` and
+    ``mean_error_floor`` = √(Σ_j stderr_kj²), and ``spread`` = √(tr Cov_k / d) with
+    ``spread_stderr``.
     """
 
     counts: Tensor
@@ -203,11 +176,7 @@ def _spread(s: _Sums) -> Tensor:
 
 
 def cluster_statistics(samples: Tensor, gmm: MultiTokenGMM) -> ClusterStatistics:
-    """Mean and spread of the tokens assigned to each cluster, against μ_k and σ0.
-
-    Sums are taken around μ_k (no cancellation); standard errors are delete-one-sequence
-    jackknife estimates.
-    """
+    """Mean and spread of the tokens assigned to each cluster, with jackknife errors."""
     x = _as_sequences(samples, gmm)
     sums = _sequence_sums(x, gmm)
     offset, offset_se = _jackknife(_mean_offset, sums)
@@ -245,8 +214,7 @@ def random_directions(
 
 
 def _w2_squared_1d(px: Tensor, py: Tensor) -> Tensor:
-    """W2² between the empirical laws of each column of ``px`` (N, P) and ``py`` (M, P),
-    both sorted along axis 0: ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du, exact for empirical quantiles."""
+    """W2² between the empirical laws of the sorted columns of ``px`` (N, P) and ``py`` (M, P)."""
     n, m = px.shape[0], py.shape[0]
     if n == m:
         return ((px - py) ** 2).mean(0)
@@ -273,17 +241,12 @@ def sliced_wasserstein(
     generator: torch.Generator | None = None,
     directions: Tensor | None = None,
 ) -> tuple[float, float]:
-    """Squared sliced 2-Wasserstein distance SW2² between two token clouds, and its
-    Monte Carlo standard error over directions.
+    """SW2² between two token clouds and its standard error over directions:
 
-    ``SW2²(X, Y) = E_θ W2²(θ·X, θ·Y)``, θ uniform on the unit sphere; each W2² is exact
-    between the empirical 1-D laws (sorted projections). The estimate averages ``P`` random
-    directions (or the given ``directions`` (P, d), to share them across comparisons); the
-    error bar is std/√P over directions: it covers the choice of directions only,
-    **conditional on the two clouds**, not the sampling noise of the clouds (see
-    :func:`sliced_wasserstein_to_truth` for that). Tokens are pooled: ``x`` (N, d) or
-    (..., d), ``y`` likewise; sizes may differ. For Gaussians N(m, I) and N(m + δ, I),
-    SW2² = E(θ·δ)² = ‖δ‖² / d.
+        SW2²(X, Y) = E_θ W2²(θ·X, θ·Y),  θ uniform on the unit sphere,
+
+    averaged over ``n_projections`` random (or the given) ``directions``; the error bar is
+    conditional on the clouds.
     """
     px, py = _pooled(x, "x"), _pooled(y, "y")
     if px.shape[1] != py.shape[1]:
@@ -310,16 +273,9 @@ def sliced_wasserstein(
 
 @dataclass(frozen=True)
 class SlicedComparison:
-    """SW2² of a sample set against exact samples, and the noise floor.
-
-    Over ``n_repeats`` repeats r with fresh exact sets A_r, B_r of the same shape as the
-    samples S and shared directions: ``value`` = mean_r SW2²(S, A_r), ``floor`` =
-    mean_r SW2²(B_r, A_r) (what perfect samples score at this size), ``excess`` =
-    mean_r (SW2²(S, A_r) − SW2²(B_r, A_r)), whose expectation is 0 when S is drawn from the
-    mixture. The ``*_stderr`` are over repeats, conditional on S (they do not cover the
-    randomness of S itself); ``floor_sd`` is the spread of one floor draw, the scale on which
-    a single sample set's value fluctuates. Tokens are pooled: this compares the law of one
-    token, not the joint law of a sequence.
+    """SW2² of samples S against fresh exact sets A_r: ``value`` = mean_r SW2²(S, A_r),
+    ``floor`` = mean_r SW2²(B_r, A_r), ``excess`` = their mean difference (0 in expectation
+    for exact S); standard errors over repeats; ``floor_sd`` the spread of one floor draw.
     """
 
     value: float
@@ -347,9 +303,7 @@ def sliced_wasserstein_to_truth(
     n_repeats: int = 4,
     generator: torch.Generator | None = None,
 ) -> SlicedComparison:
-    """Compare ``samples`` with fresh exact samples of the same size in SW2² and give the
-    noise floor, so that "indistinguishable at this sample size" can be read off: the
-    excess is consistent with 0 (see :class:`SlicedComparison`)."""
+    """The :class:`SlicedComparison` of ``samples`` with exact samples of the same size."""
     x = _as_sequences(samples, gmm)
     n_repeats = positive_int(n_repeats, "n_repeats")
     if n_repeats < 2:
@@ -393,8 +347,7 @@ class SampleSummary:
     sliced: SlicedComparison
 
     def headline(self) -> dict[str, float]:
-        """One row for a table: occupancy test, worst mean error (samples and exact
-        reference), average spread (samples, reference, σ0) and the SW2² comparison."""
+        """One table row: occupancy test, worst mean error, spread and SW2²."""
         s, r, sw = self.statistics, self.reference, self.sliced
         return {
             "tv": self.occupancy.tv,
@@ -419,9 +372,9 @@ def summarize_samples(
     n_repeats: int = 4,
     generator: torch.Generator | None = None,
 ) -> SampleSummary:
-    """Occupancy, per-cluster statistics and the SW2² comparison of ``samples``, with the
-    per-cluster statistics of a fresh exact sample set of the same shape as ``reference``
-    (it carries the estimators' own biases, e.g. misassigned tokens when clusters overlap)."""
+    """Occupancy, per-cluster statistics and SW2² of ``samples``, next to the statistics of an
+    exact sample set of the same shape (``reference``).
+    """
     x = _as_sequences(samples, gmm)
     sliced = sliced_wasserstein_to_truth(x, gmm, n_projections, n_repeats, generator)
     exact = _exact_like(x, gmm, generator)

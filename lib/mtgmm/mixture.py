@@ -1,9 +1,7 @@
-"""The multi-token Gaussian mixture and its forward noising (chapter *The multi-token
-Gaussian mixture and its oracle*).
+"""The multi-token Gaussian mixture and its forward noising (derived in :doc:`/book/mixture`).
 
-A data point is ``X_0 = [x_1 … x_L]``, L tokens in R^d. Token labels are i.i.d.,
-``z_l ~ π``, and ``x_l = μ_{z_l} + σ0 ξ_l`` with ``ξ_l ~ N(0, I_d)``. After noising to
-level ᾱ, a token is distributed as ``Σ_k π_k N(a μ_k, s² I_d)`` with
+A data point is L tokens ``x_l = μ_{z_l} + σ0 ξ_l``, labels ``z_l ~ π`` i.i.d.,
+``ξ_l ~ N(0, I_d)``; at level ᾱ a token is distributed as ``Σ_k π_k N(a μ_k, s² I_d)``,
 ``s² = a² σ0² + b²``.
 """
 
@@ -24,14 +22,13 @@ from ._checks import (
 
 
 class MultiTokenGMM:
-    """Tokens drawn i.i.d. from ``Σ_k π_k N(μ_k, σ0² I_d)``.
+    """Tokens drawn i.i.d. from ``Σ_k π_k N(μ_k, σ0² I_d)``
+    (`Mixture <../mixture.html#the-data-model>`__).
 
     Args:
-        means: ``(K, d)`` tensor of cluster means μ_k.
-        weights: ``(K,)`` mixing distribution π (uniform when ``None``).
+        means: (K, d) cluster means μ_k.
+        weights: (K,) mixing distribution π (uniform when ``None``).
         sigma0: within-cluster standard deviation σ0 ≥ 0.
-
-    See the chapter `Mixture <../mixture.html#the-data-model>`__.
     """
 
     def __init__(
@@ -74,11 +71,8 @@ class MultiTokenGMM:
         seed: int = 0,
         dtype: torch.dtype | None = None,
     ) -> MultiTokenGMM:
-        """K orthonormal directions scaled to norm ``radius``, under a random rotation.
-
-        The rotation is the Q factor of a seeded Gaussian matrix (sign-fixed, so Haar),
-        computed in float64 and returned in ``dtype`` (default: torch's default dtype).
-        Needs ``n_clusters <= dim``.
+        """K orthogonal means of norm ``radius`` under a seeded Haar rotation (needs
+        ``n_clusters <= dim``).
         """
         n_clusters = positive_int(n_clusters, "n_clusters")
         dim = positive_int(dim, "dim")
@@ -116,10 +110,8 @@ class MultiTokenGMM:
         return MultiTokenGMM(means, self.weights.to(means), self.sigma0)
 
     def noise_variance(self, alpha_bar: float | Tensor) -> Tensor:
-        """s² = a² σ0² + b² = ᾱ σ0² + 1 − ᾱ, the variance of a noisy token around a μ_k.
-
-        The one place this formula lives; ``alpha_bar`` of any shape broadcasts, and the
-        result has its shape. See the chapter `Mixture <../mixture.html#the-noisy-marginal>`__.
+        """s² = ᾱ σ0² + 1 − ᾱ, broadcast over ``alpha_bar``
+        (`Mixture <../mixture.html#the-noisy-marginal>`__).
         """
         ab = alpha_bar_tensor(alpha_bar)
         return ab * self.sigma0**2 + (1 - ab)
@@ -154,11 +146,7 @@ class MultiTokenGMM:
     def sample(
         self, n: int, n_tokens: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Draw ``n`` data points of ``n_tokens`` tokens.
-
-        Returns ``(x0, labels)`` of shapes ``(n, L, d)`` and ``(n, L)``; labels are i.i.d.
-        over tokens with law π.
-        """
+        """``(x0, labels)`` of shapes (n, L, d) and (n, L), labels i.i.d. with law π."""
         n = positive_int(n, "n")
         n_tokens = positive_int(n_tokens, "n_tokens")
         device = self.means.device if generator is None else generator.device
@@ -199,10 +187,8 @@ class MultiTokenGMM:
 def add_noise(
     x0: Tensor, alpha_bar: float | Tensor, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The forward process: ``x_t = √ᾱ x0 + √(1-ᾱ) ε``. Returns ``(x_t, ε)``.
-
-    ``alpha_bar`` is a float or a tensor broadcastable over the leading dims of ``x0``.
-    See the chapter `DDPM <../ddpm.html#the-forward-process>`__.
+    """The forward process ``x_t = √ᾱ x0 + √(1-ᾱ) ε``; returns ``(x_t, ε)``
+    (`DDPM <../ddpm.html#the-forward-process>`__).
     """
     ab = leading_broadcast(alpha_bar_tensor(alpha_bar, like=x0), x0)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -1,9 +1,5 @@
-"""The DDPM objective at one noise level and the excess risk of a denoiser (chapter *DDPM
-in one chapter*).
-
-Per token, ``R_t(f) = E‖f(X_t)_l − ε_l‖²`` and ``R_t(f) = R*_t + E‖f(X_t)_l − ε*(x_{t,l})‖²``:
-the excess over the Bayes risk is the mean squared distance to the oracle, which equals
-``b_t²`` times the score-matching error (Tweedie: ∇ log p_t = −ε*/b_t).
+"""The DDPM objective at one noise level and the excess risk of a denoiser (derived in
+:doc:`/book/ddpm`): ``R_t(f) = E‖f(X_t)_l − ε_l‖² = R*_t + E‖f(X_t)_l − ε*(x_{t,l})‖²``.
 """
 
 from __future__ import annotations
@@ -28,9 +24,8 @@ def noisy_batch(
     n_tokens: int,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Fresh ``(x_t, ε)`` of shape ``(n, L, d)``: a population-loss sample.
-
-    ``alpha_bar`` may be a float or a tensor of shape ``(n, 1)`` (one level per sequence).
+    """Fresh ``(x_t, ε)`` of shape (n, L, d); ``alpha_bar`` a float or (n, 1), one level per
+    sequence.
     """
     x0, _ = gmm.sample(n, n_tokens, generator=generator)
     return add_noise(x0, alpha_bar, generator=generator)
@@ -56,14 +51,10 @@ def excess_risk(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
 ) -> tuple[float, float]:
-    """Per-token excess risk ``E‖f(X_t)_l − ε*(x_{t,l})‖²`` with a standard error.
-
-    See the chapter `DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`__.
-
-    Estimated on ``n_sequences`` fresh sequences of ``n_tokens`` tokens; the error bar treats
-    sequences (not tokens, which interact through attention) as the independent units.
-    The model runs on the mixture's device and dtype, in batches of at most ``batch_size``
-    sequences and :data:`MAX_SCORES` attention scores.
+    """Per-token excess risk ``E‖f(X_t)_l − ε*(x_{t,l})‖²`` and its standard error over
+    ``n_sequences`` fresh sequences (the independent units), in batches of at most
+    ``batch_size`` sequences and :data:`MAX_SCORES` scores
+    (`DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`__).
     """
     n_sequences = positive_int(n_sequences, "n_sequences")
     batch_size = min(

@@ -1,17 +1,13 @@
-"""The Bayes-optimal (oracle) denoiser and the Bayes risk (chapter *The multi-token
-Gaussian mixture and its oracle*).
+"""The Bayes-optimal (oracle) denoiser and the Bayes risk (derived in :doc:`/book/mixture`).
 
-Tokens are independent, so the oracle acts token by token. For a noisy token x at level ᾱ,
-with ``a = √ᾱ``, ``b = √(1-ᾱ)`` and ``s² = a²σ0² + b²``:
+For a noisy token x at level ᾱ, ``a = √ᾱ``, ``b = √(1-ᾱ)``, ``s² = a²σ0² + b²``:
 
-* posterior weights  ``w_k(x) = softmax_k( log π_k − ‖x − a μ_k‖² / (2 s²) )``,
-* posterior mean of the clean token  ``E[x0 | x] = m + (a σ0² / s²)(x − a m)``,
-  with ``m(x) = Σ_k w_k(x) μ_k``,
-* posterior mean of the noise  ``ε*(x) = E[ε | x] = (b / s²)(x − a m(x))``.
+* ``w_k(x) = softmax_k( log π_k − ‖x − a μ_k‖² / (2 s²) )``,
+* ``E[x0 | x] = m + (a σ0² / s²)(x − a m)`` with ``m(x) = Σ_k w_k(x) μ_k``,
+* ``ε*(x) = E[ε | x] = (b / s²)(x − a m(x))``.
 
-All three take ``x_t`` of shape ``(..., d)`` and ``alpha_bar`` a float in (0, 1] or a
-tensor broadcastable over ``x_t.shape[:-1]``. They work in log space and stay finite in
-float32 at both ends of the schedule (at ᾱ = 1 the oracle noise is 0).
+``x_t`` is (..., d); ``alpha_bar`` a float in (0, 1] or a tensor broadcastable over
+``x_t.shape[:-1]``.
 """
 
 from __future__ import annotations
@@ -49,9 +45,8 @@ def _posterior_logits(gmm, x_t, a, s2, means) -> Tensor:
 def posterior_weights(
     gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor
 ) -> Tensor:
-    """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``.
-
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
+    """w_k(x_t) = P(z = k | x_t), shape ``x_t.shape[:-1] + (K,)``
+    (`Mixture <../mixture.html#the-oracle-denoiser>`__).
     """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     return torch.softmax(_posterior_logits(gmm, x_t, a, s2, means), dim=-1)
@@ -63,9 +58,8 @@ def _posterior_cluster_mean(gmm, x_t, a, s2, means) -> Tensor:
 
 
 def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """E[x0 | x_t] = m + (a σ0² / s²)(x_t − a m), shape of ``x_t``.
-
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
+    """E[x0 | x_t] = m + (a σ0² / s²)(x_t − a m), shape of ``x_t``
+    (`Mixture <../mixture.html#the-oracle-denoiser>`__).
     """
     a, _, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
@@ -75,9 +69,8 @@ def oracle_x0(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Ten
 
 
 def oracle_eps(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Tensor:
-    """ε*(x_t) = E[ε | x_t] = (b / s²)(x_t − a m(x_t)), shape of ``x_t`` (0 where b = 0).
-
-    See the chapter `Mixture <../mixture.html#the-oracle-denoiser>`__.
+    """ε*(x_t) = E[ε | x_t] = (b / s²)(x_t − a m(x_t)), shape of ``x_t``
+    (`Mixture <../mixture.html#the-oracle-denoiser>`__).
     """
     a, b, s2, means = _levels(gmm, x_t, alpha_bar)
     m = _posterior_cluster_mean(gmm, x_t, a, s2, means)
@@ -87,15 +80,10 @@ def oracle_eps(gmm: MultiTokenGMM, x_t: Tensor, alpha_bar: float | Tensor) -> Te
 
 @dataclass(frozen=True)
 class RiskEstimates:
-    """Monte Carlo estimates of the per-token Bayes risk R*_t = E‖ε − ε*(x_t)‖², one entry
-    per ᾱ value.
-
-    ``exact`` is the part computed in closed form (directions orthogonal to the means).
-    Over the span of the means (m its dimension) three unbiased Monte Carlo averages:
-    ``direct`` of ‖ε − ε*‖², ``identity`` of ``m − ‖ε*‖²``, ``conditional`` of the posterior
-    variance ``tr Cov(ε | x_t)`` (the direct estimator averaged over ε given x_t, so never
-    noisier); ``combined`` is the minimum-variance combination of ``conditional`` and
-    ``identity``. Each ``*_stderr`` is one standard error. ``estimate = exact + combined``.
+    """Estimates of the per-token Bayes risk R*_t = E‖ε − ε*(x_t)‖², one entry per ᾱ:
+    ``exact`` off the span of the means; inside it the Monte Carlo means ``direct`` of
+    ‖ε − ε*‖², ``identity`` of ``m − ‖ε*‖²``, ``conditional`` of ``tr Cov(ε | x_t)``, and their
+    minimum-variance ``combined``, each with ``*_stderr``.
     """
 
     alpha_bar: Tensor
@@ -112,16 +100,12 @@ class RiskEstimates:
 
     @property
     def estimate(self) -> Tensor:
-        """The estimate of R*_t, the exact part plus the combined Monte Carlo part."""
+        """``exact + combined``."""
         return self.exact + self.combined
 
 
 def _posterior_variance(span_gmm: MultiTokenGMM, x_t: Tensor, ab: Tensor) -> Tensor:
-    """tr Cov(ε | x_t) = m a²σ0²/s² + (a b / s²)² Σ_k w_k ‖μ_k − m(x_t)‖².
-
-    Given x_t and z = k, ε is Gaussian with mean (b/s²)(x_t − a μ_k) and covariance
-    (a²σ0²/s²) I; the law of total variance over k gives the formula.
-    """
+    """tr Cov(ε | x_t) = m a²σ0²/s² + (a b / s²)² Σ_k w_k ‖μ_k − m(x_t)‖²."""
     a, b, s2, means = _levels(span_gmm, x_t, ab)
     w = torch.softmax(_posterior_logits(span_gmm, x_t, a, s2, means), dim=-1)
     centred = means - (w @ means)[..., None, :]  # μ_k − m(x_t), kept apart for accuracy
@@ -134,9 +118,9 @@ def _posterior_variance(span_gmm: MultiTokenGMM, x_t: Tensor, ab: Tensor) -> Ten
 
 
 def _risk_moments(span_gmm, alpha_bar, n_samples, generator, batch_size):
-    """Sample means ``(3, A)`` and covariances ``(3, 3, A)`` of (D, I, V) per ᾱ, where
-    D = ‖ε−ε*‖², I = m − ‖ε*‖², V = tr Cov(ε | x_t); x0 and ε are shared across ᾱ.
-    Sums are taken around the first batch's means (shifted data), for accuracy."""
+    """Means (3, A) and covariances (3, 3, A) of D = ‖ε−ε*‖², I = m − ‖ε*‖², V = tr Cov(ε | x_t)
+    per ᾱ, on shared x0 and ε (sums around the first batch's means).
+    """
     m, n_levels = span_gmm.dim, alpha_bar.numel()
     ab = alpha_bar[:, None]
     shift, first, second = None, 0.0, 0.0
@@ -182,17 +166,12 @@ def bayes_risk_estimates(
     generator: torch.Generator | None = None,
     batch_size: int = 2**16,
 ) -> RiskEstimates:
-    """All estimators of R*_t for one or several ᾱ (1-D), sharing random numbers across ᾱ.
+    """All estimators of R*_t for ``alpha_bar`` of shape (A,), sharing random numbers:
 
-    The risk splits into orthogonal parts. Orthogonal to span{μ_k} the oracle is linear,
-    ``ε*_⊥ = (b/s²) x_⊥``, with risk ``(d − m)(1 − b²/s²)`` exactly. Inside the span it is
-    estimated by Monte Carlo, three ways, all unbiased: the direct average of ‖ε − ε*‖²;
-    the identity ``R* = m − E‖ε*‖²`` (from ``E⟨ε, ε*⟩ = E‖ε*‖²``); and the average of the
-    posterior variance tr Cov(ε | x_t), the direct estimator conditioned on x_t (so its
-    variance is never larger). The reported value is the minimum-variance linear
-    combination of the identity and the posterior variance, with λ from the sample
-    covariances. ``alpha_bar`` of shape ``(A,)`` gives fields of shape ``(A,)``. See the
-    chapter `Mixture <../mixture.html#the-bayes-risk>`__.
+        R* = (d − m)(1 − b²/s²) + [Monte Carlo over the span of the means],
+
+    inside the span by ``E‖ε − ε*‖² = m − E‖ε*‖² = E tr Cov(ε | x_t)``
+    (`Mixture <../mixture.html#the-bayes-risk>`__).
     """
     n_samples = positive_int(n_samples, "n_samples")
     batch_size = positive_int(batch_size, "batch_size")
@@ -238,10 +217,8 @@ def bayes_risk(
     n_samples: int = 200_000,
     generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
-    """Per-token Bayes risk R*_t = E‖ε − E[ε | x_t]‖² at one level ᾱ, with a standard error.
-
-    See :func:`bayes_risk_estimates` for the estimator (exact part off the span of the
-    means, minimum-variance Monte Carlo inside it).
+    """Per-token Bayes risk R*_t = E‖ε − E[ε | x_t]‖² at one ᾱ, with a standard error (the
+    ``estimate`` of :func:`bayes_risk_estimates`).
     """
     ab = torch.tensor([single_level(alpha_bar)], dtype=torch.float64)
     est = bayes_risk_estimates(gmm, ab, n_samples, generator)

@@ -1,8 +1,5 @@
-"""One figure style for the whole book, and the figures the chapters share.
-
-Colours are the Okabe–Ito palette, safe for the common forms of colour blindness.
-Every function takes the data a chapter computed (tensors or arrays) and an optional
-matplotlib ``Axes``; none computes a number of its own.
+"""One figure style for the whole book (the Okabe–Ito palette), and the figures the
+chapters share; each takes the data a chapter computed and an optional matplotlib ``Axes``.
 """
 
 from __future__ import annotations
@@ -64,11 +61,8 @@ def cluster_colors(n_clusters: int) -> list[str]:
 
 
 def mean_plane(gmm: MultiTokenGMM) -> Tensor:
-    """A (2, d) orthonormal basis of a plane that shows the means apart.
-
-    For K ≥ 3 it is spanned by ``Σ_k cos(2πk/K) μ_k`` and ``Σ_k sin(2πk/K) μ_k``, on which
-    K orthogonal equal-norm means project to a regular K-gon; otherwise (or if those
-    vectors are degenerate) the top principal directions of the means.
+    """A (2, d) orthonormal basis of the plane of ``Σ_k cos(2πk/K) μ_k`` and ``Σ_k sin(2πk/K) μ_k``
+    (a regular K-gon for K ≥ 3 symmetric means), else the top principal directions.
     """
     means = gmm.means.to(torch.float64)
     k = gmm.n_clusters

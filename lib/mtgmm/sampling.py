@@ -1,14 +1,11 @@
-"""Ancestral DDPM sampling with any noise predictor (chapter :doc:`From denoiser to sampler
-</book/sampling>`, which derives the reverse step from the forward process of :doc:`/book/ddpm`).
+"""Ancestral DDPM sampling with any noise predictor (derived in :doc:`/book/sampling`).
 
-Ho et al. (2020), Algorithm 2. Start from ``x_T ~ N(0, I)``; for timestep indices
-``t = T-1, …, 0`` (index t is DDPM step t + 1)
+Ho et al. (2020), Algorithm 2: from ``x_T ~ N(0, I)``, for ``t = T-1, …, 0``
 
     x_{t-1} = (x_t − β_t / √(1 − ᾱ_t) · ε̂(x_t, t)) / √α_t + σ_t z,    z ~ N(0, I),
 
-with ``σ_t² = β_t`` ("fixed large", the default) or the posterior variance
-``β̃_t = (1 − ᾱ_{t-1}) / (1 − ᾱ_t) · β_t`` (``ᾱ_{-1} = 1``), and no noise at the last step.
-With ε̂ = ε* = E[ε | x_t] the mean is exactly E[x_{t-1} | x_t] under the forward process.
+with ``σ_t² = β_t`` (default) or ``β̃_t = (1 − ᾱ_{t-1}) / (1 − ᾱ_t) · β_t``, and no noise
+at the last step.
 """
 
 from __future__ import annotations
@@ -33,10 +30,8 @@ VARIANCES = ("beta", "posterior")
 
 
 class OracleNoisePredictor:
-    """The Bayes-optimal noise predictor ``(x_t, t) ↦ ε*(x_t)`` at level ᾱ_t, as a sampler
-    input: each sequence gets its own ᾱ (shape ``(n, 1)``, broadcast over tokens).
-
-    Attributes: ``gmm``, ``schedule`` and ``dim`` (the token dimension d).
+    """``(x_t, t) ↦ ε*(x_t)`` at level ᾱ_t per sequence, as a sampler input (carries ``gmm``,
+    ``schedule`` and ``dim``).
     """
 
     def __init__(self, gmm: MultiTokenGMM, schedule: NoiseSchedule) -> None:
@@ -50,18 +45,15 @@ class OracleNoisePredictor:
 
 
 def oracle_eps_fn(gmm: MultiTokenGMM, schedule: NoiseSchedule) -> OracleNoisePredictor:
-    """The oracle ε*(x_t) = (b_t / s_t²)(x_t − a_t m(x_t)) as a noise predictor for
-    :func:`ddpm_sample` (it carries ``dim``, so the sampler needs no ``dim`` argument)."""
+    """The oracle ε*(x_t) as a noise predictor for :func:`ddpm_sample`."""
     return OracleNoisePredictor(gmm, schedule)
 
 
 def reverse_coefficients(
     schedule: NoiseSchedule, variance: str = "beta"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The reverse-step coefficients, float64 tensors of shape ``(T,)``:
-    ``1/√α_t``, ``β_t / √(1 − ᾱ_t)`` and ``σ_t`` (σ_0 = 0, no noise at the last step).
-
-    Where ᾱ_t = 1 (then β_t = 0 too) the ε̂ coefficient is 0, its limit, not 0/0.
+    """``1/√α_t``, ``β_t / √(1 − ᾱ_t)`` and ``σ_t`` (σ_0 = 0), float64 (T,) each; the ε̂
+    coefficient is 0 where ᾱ_t = 1.
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
@@ -140,28 +132,22 @@ def ddpm_sample(
     return_trajectory: bool = False,
     trajectory_every: int = 1,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-    """Draw ``n`` sequences of ``n_tokens`` tokens by ancestral DDPM sampling (Algorithm 2
-    of Ho et al. 2020), vectorised over sequences and tokens, looping over the T steps.
+    """Draw ``n`` sequences of ``n_tokens`` tokens by ancestral DDPM sampling, vectorised over
+    sequences and tokens.
 
     Args:
-        eps_fn: noise predictor ``eps_fn(x_t, t)`` (see :data:`NoisePredictor`), e.g.
-            :func:`oracle_eps_fn` or an :class:`~mtgmm.attention.AttentionBank` with T layers.
-        schedule: the noise schedule (T steps) ``eps_fn`` was built for.
-        dim: token dimension d; may be omitted when ``eps_fn`` has a ``dim`` attribute.
-        variance: ``"beta"`` for σ_t² = β_t or ``"posterior"`` for σ_t² = β̃_t.
-        generator, device: randomness and placement; the device is ``device``, else the
-            generator's, else CPU.
-        dtype: floating type of the samples (float32 by default; coefficients are computed
-            in float64 and cast).
-        progress: show a tqdm bar over timesteps.
-        return_trajectory: also return the intermediate states.
-        trajectory_every: keep every k-th state (x_T and the final sample always kept).
+        eps_fn: ``eps_fn(x_t, t)``, e.g. :func:`oracle_eps_fn` or an
+            :class:`~mtgmm.attention.AttentionBank` with T layers.
+        schedule: the noise schedule (T steps).
+        dim: token dimension d (optional when ``eps_fn`` has ``dim``).
+        variance: ``"beta"`` (σ_t² = β_t) or ``"posterior"`` (σ_t² = β̃_t).
+        generator, device, dtype: randomness, placement and float type of the samples.
+        progress: show a tqdm bar.
+        return_trajectory, trajectory_every: also return every k-th state.
 
     Returns:
-        The samples ``x_0``, shape ``(n, L, d)``; with ``return_trajectory`` the tuple
-        ``(x_0, states, steps)``: ``states`` of shape ``(n_saved, n, L, d)`` on the sampling
-        device and ``steps`` (long, ``(n_saved,)``) the DDPM step of each state, from T
-        (the initial noise) down to 0 (the samples).
+        ``x_0`` (n, L, d), or ``(x_0, states, steps)`` with states (n_saved, n, L, d) and
+        their DDPM steps, from T down to 0.
     """
     n = positive_int(n, "n")
     n_tokens = positive_int(n_tokens, "n_tokens")

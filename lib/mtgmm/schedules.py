@@ -1,8 +1,6 @@
-"""DDPM noise schedules (chapter *DDPM in one chapter*).
-
-Per token, the forward process is ``x_t = a_t x_0 + b_t ε`` with ``ε ~ N(0, I_d)``,
-``a_t = sqrt(ᾱ_t)``, ``b_t = sqrt(1 - ᾱ_t)`` and ``ᾱ_t = prod_{s <= t} (1 - β_s)``.
-Timesteps are indexed ``t = 0, …, T-1`` (index ``t`` is DDPM's step ``t + 1``).
+"""DDPM noise schedules (derived in :doc:`/book/ddpm`): ``x_t = a_t x_0 + b_t ε``,
+``a_t = √ᾱ_t``, ``b_t = √(1 - ᾱ_t)``, ``ᾱ_t = Π_{s ≤ t} (1 - β_s)``, for timestep indices
+``t = 0, …, T-1`` (DDPM's step ``t + 1``).
 """
 
 from __future__ import annotations
@@ -17,11 +15,8 @@ from ._checks import positive_int
 
 
 class NoiseSchedule:
-    """A DDPM schedule, stored as its ᾱ values in float64.
-
-    Attributes are tensors of shape ``(T,)``: ``alpha_bar`` (ᾱ_t), ``a`` (√ᾱ_t),
-    ``b`` (√(1-ᾱ_t)), ``snr`` (ᾱ_t / (1-ᾱ_t)), ``betas`` (β_t) and ``alphas`` (1-β_t).
-    See the chapter `DDPM <../ddpm.html#the-forward-process>`__.
+    """A DDPM schedule, stored as its ᾱ values in float64; ``alpha_bar``, ``a``, ``b``, ``snr``,
+    ``betas``, ``alphas`` are (T,) tensors (`DDPM <../ddpm.html#the-forward-process>`__).
     """
 
     def __init__(

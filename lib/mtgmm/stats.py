@@ -11,10 +11,8 @@ from torch import Tensor
 
 
 def mean_stderr(values: Tensor | np.ndarray, dim: int | None = None):
-    """Sample mean and its standard error ``std / √n`` (``ddof = 1``) of independent draws.
-
-    With ``dim = None`` over all entries, returned as two floats (the error is ``nan`` for a
-    single draw); with an axis ``dim``, two tensors reduced over that axis.
+    """Sample mean and standard error ``std / √n`` (``ddof = 1``): two floats over all entries
+    (``dim = None``), else two tensors reduced over ``dim``.
     """
     values = torch.as_tensor(values)
     if dim is None:
@@ -43,10 +41,8 @@ class PowerLaw:
 
 
 def fit_power_law(x, y, y_stderr) -> PowerLaw:
-    """Weighted least squares of ``log y`` on ``log x``, each point weighted by its variance
-    ``(y_stderr / y)²`` on the log scale (delta method). The slope's standard error is
-    inflated by √(χ²/dof) when the points scatter more than their error bars allow, so that
-    it covers model misfit as well as noise.
+    """Weighted least squares of ``log y`` on ``log x`` with weights ``(y / y_stderr)²``; the
+    slope's standard error is inflated by √(χ²/dof) when the points scatter more than that.
     """
     x, y, se = (
         torch.as_tensor(np.array(v) if isinstance(v, np.ndarray) else v)

@@ -1,12 +1,9 @@
-"""Training the attention denoiser on the DDPM loss (chapter *Training dynamics*).
+"""Training the attention denoiser on the DDPM loss (derived in :doc:`/book/training`).
 
 :func:`train` fits one :class:`~mtgmm.attention.AttentionDenoiser` at one noise level with
-autograd and ``torch.optim``: the reference a reader follows. :func:`train_bank` fits all T
-layers of an :class:`~mtgmm.attention.AttentionBank` in one batched pass per step (with the
-faster, equal pieces of ``mtgmm.fast``). Every step draws fresh sequences
-(:func:`~mtgmm.objective.noisy_batch`), so training is minibatch SGD on the *population*
-objective. The default recipe (similarity start, least-squares warm start of the readout,
-plain SGD with step ``0.3 / λ_max(M̂)`` and a cosine decay) is explained in the chapter.
+autograd and ``torch.optim``: the reference path. :func:`train_bank` fits all T layers of an
+:class:`~mtgmm.attention.AttentionBank` in one batched pass per step (``mtgmm.fast``). Every
+step draws fresh sequences, so training is minibatch SGD on the population objective.
 """
 
 from __future__ import annotations
@@ -49,22 +46,18 @@ class TrainOptions:
     """The options of :func:`train` and :func:`train_bank` (pass them as keywords).
 
     Attributes:
-        optimizer: ``"sgd"`` (plain SGD, heavy-ball ``momentum`` if > 0) or ``"adam"``.
-        lr: step size; ``None`` picks ``lr_scale / λ_max(M̂)`` for SGD (per timestep in a
-            bank; M̂ the tokens' second-moment matrix on a calibration batch, ``2 M̂`` the
-            Hessian of the loss in W_S) and :data:`ADAM_LR` for Adam.
-        lr_scale: the default SGD step in units of ``1 / λ_max(M̂)``.
-        momentum: heavy-ball momentum of SGD (Adam uses :data:`ADAM_BETAS`).
+        optimizer: ``"sgd"`` (heavy-ball ``momentum`` if > 0) or ``"adam"``.
+        lr: step size; ``None`` gives ``lr_scale / λ_max(M̂)`` for SGD (M̂ the tokens'
+            second-moment matrix, per timestep in a bank) and :data:`ADAM_LR` for Adam.
+        lr_scale, momentum: see ``lr`` and ``optimizer``.
         schedule: ``"cosine"`` (step ``η (1 + cos(π k / steps)) / 2``) or ``"constant"``.
         batch_size: fresh sequences per step (per timestep in a bank).
         init: ``"similarity"`` (``W_KQ = init_scale · I / m̂``, m̂ the mean squared token
-            norm, ``W_V = W_S = 0``), ``"zero"`` or ``"keep"`` (the model's weights).
-        init_scale: the initial score of a token with itself under ``"similarity"``.
-        warm_start: after ``init``, set W_V and W_S to their least-squares values given the
-            initial W_KQ (a linear regression of ε on ``[X, A X]`` over the calibration batch).
+            norm, ``W_V = W_S = 0``), ``"zero"`` or ``"keep"``.
+        init_scale: see ``init``.
+        warm_start: then set W_V, W_S to their least-squares values given W_KQ.
         log_every: steps between log points (default ``max(1, steps // 20)``).
-        n_eval_sequences: held-out sequences for the excess risk at each log point (the
-            same ones every time: common random numbers).
+        n_eval_sequences: fixed held-out sequences for the excess risk at each log point.
         progress: show a tqdm progress bar.
     """
 
@@ -104,21 +97,14 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class TrainingHistory:
-    """What :func:`train` logged, one entry per log point (``n_log`` of them).
+    """What :func:`train` logged, one entry per log point.
 
     Attributes:
-        step: updates done at each log point (0 first, ``steps`` last).
-        loss: training minibatch loss, averaged over the steps since the previous log point
-            (at step 0: the loss of a fresh minibatch at the initial weights).
-        excess, excess_stderr: excess risk over the oracle on held-out sequences, with its
-            standard error (:func:`~mtgmm.objective.excess_risk`).
-        coordinates: ``(n_log, 3, 3)``: rows ``W_KQ, W_V, W_S``, columns the coordinates
-            ``(α, β, γ)`` of their symmetric parts ``α P + β P⊥ + γ J``.
-        defect: ``(n_log, 3)``: Frobenius norm of each matrix's non-symmetric part
-            ``W − project(W)`` (the invariance defect).
-        lr: the step size used (before the schedule).
-        wall_time: seconds, evaluation included.
-        device: where it ran.
+        step, loss: updates done, and the mean minibatch loss since the previous log point.
+        excess, excess_stderr: excess risk on held-out sequences and its standard error.
+        coordinates: (n_log, 3, 3) symmetric coordinates, rows W_KQ, W_V, W_S.
+        defect: (n_log, 3) invariance defect ``‖W − project(W)‖_F`` of each matrix.
+        lr, wall_time, device: step size, seconds, where it ran.
     """
 
     step: np.ndarray
@@ -144,17 +130,12 @@ class TrainingHistory:
 
 @dataclass(frozen=True)
 class BankHistory:
-    """What :func:`train_bank` (or ``mtgmm.fast.train_bank_loop``) logged.
+    """What :func:`train_bank` logged.
 
     Attributes:
-        step: updates done at each log point.
-        loss: training minibatch loss averaged over timesteps (and over the steps since the
-            previous log point), shape ``(n_log,)``.
-        excess, excess_stderr: final per-timestep excess risk and standard error, ``(T,)``
-            (:func:`bank_excess_risk`).
-        lr: the per-timestep step sizes, ``(T,)``.
-        wall_time: seconds, final evaluation included.
-        device: where it ran.
+        step, loss: updates done and the mean minibatch loss, (n_log,).
+        excess, excess_stderr: final per-timestep excess risk and standard error, (T,).
+        lr, wall_time, device: per-timestep step sizes (T,), seconds, where it ran.
     """
 
     step: np.ndarray
@@ -172,8 +153,7 @@ def _schedule_factor(schedule: str, k: int, steps: int) -> float:
 
 
 def _second_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """For tokens ``x`` (..., n, L, d): mean squared norm m̂ and top eigenvalue of
-    ``M̂ = mean x xᵀ``, with the leading dims kept (one value per timestep in a bank)."""
+    """Mean squared norm m̂ and λ_max of ``M̂ = mean x xᵀ`` for ``x`` (..., n, L, d)."""
     flat = x.double().flatten(-3, -2)  # (..., nL, d)
     moments = flat.transpose(-1, -2) @ flat / flat.shape[-2]
     trace = torch.diagonal(moments, dim1=-2, dim2=-1).sum(-1)
@@ -200,12 +180,8 @@ def _initialise(
 def _warm_start(
     params: list[Tensor], x_t: Tensor, eps: Tensor, mask_self: bool
 ) -> None:
-    """Set ``W_S, W_V`` to the least-squares fit of ε on ``[X, A X]`` (A the attention at the
-    current W_KQ) over the calibration batch ``x_t, eps`` of shape (..., n, L, d), with a
-    ridge of :data:`WARM_START_RIDGE` times the mean feature energy on the W_V block only.
-
-    At small W_KQ the attention output is nearly the sequence mean, so the W_V block is
-    ill-determined; the ridge keeps its noisy, non-symmetric part at zero.
+    """Set ``W_S, W_V`` to the least-squares fit of ε on ``[X, A X]`` over the batch, with a
+    ridge of :data:`WARM_START_RIDGE` times the mean feature energy on the W_V block.
     """
     w_kq, w_v, w_s = params
     d = x_t.shape[-1]
@@ -232,8 +208,7 @@ def _step_size(options: TrainOptions, top_eigenvalue: Tensor) -> Tensor:
 
 
 def _sampler(gmm: MultiTokenGMM, generator: torch.Generator | None, device, dtype):
-    """``draw(alpha_bar, n, L)`` → fresh ``(x_t, ε)`` on ``device``; sampled on the
-    generator's device (``device`` if there is no generator)."""
+    """``draw(alpha_bar, n, L)`` → fresh ``(x_t, ε)`` on ``device``."""
     source = generator.device if generator is not None else device
     local = gmm.to(device=source, dtype=dtype)
 
@@ -281,8 +256,7 @@ def _check_model(
 
 
 def _start(params, opts, x_cal, eps_cal, mask_self) -> Tensor:
-    """Initialise ``(W_KQ, W_V, W_S)`` from a calibration batch (``opts.init``, then the
-    warm start) and return the step size per layer (see :class:`TrainOptions`)."""
+    """Initialise the weights from a calibration batch; return the step size per layer."""
     mean_sq_norm, top = _second_moments(x_cal)
     _initialise(params, opts, mean_sq_norm)
     if opts.warm_start:
@@ -316,13 +290,10 @@ def train(
     generator: torch.Generator | None = None,
     **options,
 ) -> TrainingHistory:
-    """Train ``model`` in place on the DDPM loss at level ``alpha_bar`` with L = ``n_tokens``.
-
-    Each of the ``steps`` updates (default :data:`DEFAULT_STEPS`) draws ``batch_size`` fresh
-    sequences and takes a ``torch.optim`` step on their mean per-token loss
-    ``‖f(X_t) − ε‖²`` (:func:`~mtgmm.objective.ddpm_loss`), its gradient by autograd.
-    ``options`` are the fields of :class:`TrainOptions`. ``generator`` seeds the minibatches
-    and, through one seed drawn from it first, the held-out evaluation sequences.
+    """Train ``model`` in place on the DDPM loss at ``alpha_bar`` with L = ``n_tokens``:
+    ``steps`` ``torch.optim`` updates on the mean of ``‖f(X_t) − ε‖²`` over fresh minibatches,
+    gradient by autograd. ``options`` are the fields of :class:`TrainOptions`
+    (:doc:`/book/training`).
     """
     opts = TrainOptions(**options)
     n_tokens = _check_model(model.dim, model.mask_self, gmm, n_tokens, "model")
@@ -350,8 +321,7 @@ def train(
 
 
 class _Recorder:
-    """The log of :func:`train`: at each log point the mean training loss since the last
-    one, the excess risk on fixed held-out sequences, and the reduced coordinates."""
+    """The log of :func:`train`: loss, held-out excess and reduced coordinates."""
 
     def __init__(self, model, gmm, alpha_bar, n_tokens, n_eval, eval_seed) -> None:
         self.model, self.alpha_bar, self.n_tokens = model, alpha_bar, n_tokens
@@ -399,11 +369,8 @@ def bank_excess_risk(
     generator: torch.Generator | None = None,
     max_tokens: int = 2**20,
 ) -> tuple[Tensor, Tensor]:
-    """Per-timestep excess risk ``E‖f_t(X_t) − ε*(x_t)‖²`` of every layer, with standard errors.
-
-    ``n_sequences`` fresh sequences per timestep, all timesteps in one vectorised pass (in
-    chunks of at most ``max_tokens`` tokens); sequences are the independent units, as in
-    :func:`~mtgmm.objective.excess_risk`. Returns two float64 tensors of shape ``(T,)``.
+    """Per-timestep excess risk ``E‖f_t(X_t) − ε*(x_t)‖²`` and its standard error, (T,) each,
+    over ``n_sequences`` fresh sequences per timestep.
     """
     return fast.bank_excess_risk(
         bank, gmm, schedule, n_tokens, n_sequences, generator, max_tokens
@@ -427,16 +394,9 @@ def train_bank(
     progress: bool = True,
     **options,
 ) -> BankHistory:
-    """Train every layer of ``bank`` (in place) in one batched pass per step.
-
-    Each step draws ``batch_size`` fresh sequences for every timestep, ``(T·B, L, d)`` in
-    all, runs them grouped by timestep through the bank
-    (:func:`~mtgmm.attention.timestep_layers`, in chunks, loss and gradient in one pass:
-    ``mtgmm.fast.BankLoss``) and minimises the sum over timesteps of the per-timestep
-    mean loss: layer t receives the gradient :func:`train` would give it. The step size is
-    per timestep (``lr_scale / λ_max(M̂_t)`` by default): the curvature in W_S is
-    ``2 M_t = 2 E[x_t x_tᵀ]``, whose top eigenvalue runs from about ``ᾱ r²/K + s_t²`` at
-    small t to 1 at pure noise. Options as in :class:`TrainOptions`.
+    """Train every layer of ``bank`` in place, minimising the sum over timesteps of the mean
+    loss in one batched pass per step (``mtgmm.fast.BankLoss``); layer t receives the gradient
+    :func:`train` would give it, with its own step size (:doc:`/book/sampling`).
     """
     return fast.train_bank(
         bank, gmm, schedule, n_tokens, steps, generator, progress, **options
