@@ -43,3 +43,24 @@ def test_best_in_class_reference_values(gmm):
         assert abs(result.excess - value) < 4 * result.stderr + 0.01 * value
     s2 = gmm.noise_variance(0.5).item()
     assert abs(result.coefficients[0, 0].item() * s2) < 0.05
+
+
+def test_the_profile_runs_on_the_requested_device_with_the_same_samples():
+    """``device`` moves only the fitting work: the samples are drawn on the CPU, so the
+    default device (the CPU here) and an explicit one give the same fit, and MPS (no
+    float64) falls back to the CPU."""
+    from mtgmm.best import _device, readout_fit
+
+    gmm = MultiTokenGMM.orthogonal(3, 6, 3.0, 0.5, seed=1)
+    kq = torch.tensor([0.3, 0.0, -0.3])
+    fits = [
+        readout_fit(
+            gmm, 0.8, 16, kq, 64, torch.Generator().manual_seed(5), device=device
+        )
+        for device in (None, "cpu")
+    ]
+    first, second = (f[0].weights().values() for f in fits)
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert fits[0][1:] == fits[1][1:]
+    assert _device("mps").type == "cpu" and _device("cpu").type == "cpu"

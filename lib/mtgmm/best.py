@@ -25,6 +25,7 @@ from .attention import AttentionDenoiser, SymmetricBasis, attend
 from .mixture import MultiTokenGMM
 from .objective import excess_risk, noisy_batch
 from .oracle import bayes_risk, oracle_eps
+from .runtime import pick_device
 
 TOKEN_BUDGET = 2**17
 """Default size of the fitting sample in tokens (``n_sequences = max(64, TOKEN_BUDGET // L)``)."""
@@ -89,13 +90,16 @@ def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
     float64 scalar carrying the graph back to κ.
     """
     n_tokens = x.shape[0] * x.shape[1]
-    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     flat_target = target.flatten()
     skip = (x.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()  # X B_m
     g_skip, h_skip = skip @ skip.T, skip @ flat_target
     total = flat_target @ flat_target
 
     def evaluate(kappa: Tensor) -> tuple[Tensor, Tensor]:
+        kappa = kappa.to(
+            x.device
+        )  # κ lives on the CPU (L-BFGS); the sample on the device
         w_kq = torch.einsum("m,mij->ij", kappa, basis.to(kappa))
         attended = _attend_chunked(x, w_kq.to(x), eye, mask_self)  # A X
         value = (attended.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()
@@ -105,9 +109,23 @@ def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
         )
         h = torch.cat([h_skip, value @ flat_target])
         theta = torch.linalg.solve(gram, h)
-        return (total - h @ theta) / n_tokens, theta
+        return ((total - h @ theta) / n_tokens).cpu(), theta.cpu()
 
     return evaluate
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    """The device of the profile: ``device``, else the best one; MPS has no float64, so the
+    CPU instead."""
+    device = pick_device() if device is None else torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _profile_on(device, x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
+    """:func:`readout_profile` with the fixed sample moved to ``device``."""
+    return readout_profile(
+        x.float().to(device), target.to(device), basis.to(device), mask_self
+    )
 
 
 def _fit(evaluate, starts: Tensor) -> tuple[np.ndarray, float]:
@@ -138,6 +156,7 @@ def best_in_class(
     mask_self: bool = False,
     n_eval_sequences: int = 2048,
     bayes_samples: int = 200_000,
+    device: torch.device | str | None = None,
 ) -> BestInClass:
     """The best model with each of ``W_KQ, W_V, W_S`` of the form ``α P + β P⊥ (+ γ J)``:
     ``W_V, W_S`` profiled out by least squares, L-BFGS on the coordinates of ``W_KQ`` from the
@@ -150,6 +169,8 @@ def best_in_class(
         include_j: keep the J (mean-direction) terms.
         mask_self: the variant in which a token does not attend to itself.
         n_eval_sequences, bayes_samples: sizes of the evaluation and Bayes-risk samples.
+        device: where the profile runs (default :func:`~mtgmm.runtime.pick_device`); the
+            samples are drawn on the CPU, so every device fits the same numbers.
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_eval_sequences = positive_int(n_eval_sequences, "n_eval_sequences")
@@ -177,7 +198,9 @@ def best_in_class(
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, streams[0])
     basis, columns = invariant_matrices(gmm64, include_j)
-    evaluate = readout_profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+    evaluate = _profile_on(
+        _device(device), x, oracle_eps(gmm64, x, ab), basis, mask_self
+    )
 
     direction = torch.tensor(
         [1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64
@@ -218,10 +241,12 @@ def readout_fit(
     generator: torch.Generator | None = None,
     mask_self: bool = False,
     n_eval_sequences: int = 1024,
+    device: torch.device | str | None = None,
 ) -> tuple[AttentionDenoiser, float, float]:
     """The best readout for a fixed ``W_KQ`` with coordinates ``w_kq_coordinates`` (α, β, γ),
     by least squares; returns the model, its excess on fresh sequences and the standard error
-    (:doc:`/book/attention`, *The bias–variance trade-off*).
+    (:doc:`/book/attention`, *The bias–variance trade-off*). ``device`` as in
+    :func:`best_in_class`.
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_sequences = positive_int(
@@ -235,7 +260,9 @@ def readout_fit(
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, fit_stream)
     basis, columns = invariant_matrices(gmm64, include_j=True)
-    evaluate = readout_profile(x.float(), oracle_eps(gmm64, x, ab), basis, mask_self)
+    evaluate = _profile_on(
+        _device(device), x, oracle_eps(gmm64, x, ab), basis, mask_self
+    )
     kappa = torch.as_tensor(w_kq_coordinates, dtype=torch.float64)[columns]
     with torch.no_grad():
         _, theta = evaluate(kappa)
