@@ -436,17 +436,8 @@ def score_matching_error(excess: float | Tensor, alpha_bar: float | Tensor) -> T
     return torch.as_tensor(excess, dtype=ab.dtype) / (1 - ab)
 
 
-_MOVED = {  # TEMPORARY (issue #11): names now in mtgmm.symmetry, until alignment.md moves
-    "reduced_coordinates",
-    "weights_from_coordinates",
-    "invariance_defect",
-    "permutation_isometry",
-    "orthonormal_symmetric_basis",
-}
-
-
-def __getattr__(name):
-    if name in _MOVED:
+def __getattr__(name):  # TEMPORARY (issue #11): until alignment.md uses mtgmm.symmetry
+    if name in {"reduced_coordinates", "weights_from_coordinates"}:
         from . import symmetry
 
         return getattr(symmetry, name)
