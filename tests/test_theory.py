@@ -11,7 +11,6 @@ import torch
 from mtgmm.attention import (
     AttentionDenoiser,
     SymmetricBasis,
-    attention_weights,
     mean_denoising_weights,
 )
 from mtgmm.mixture import MultiTokenGMM, add_noise
@@ -22,7 +21,6 @@ from mtgmm.theory import (
     attention_bias,
     attention_fluctuation,
     attention_limit,
-    effective_sample_size,
     ess_fraction,
     layer_limit,
     limit_excess,
@@ -142,21 +140,6 @@ def test_mean_denoising_limit_is_not_the_oracle_for_unequal_norms(gmm):
 # ------------------------------------------------------------------ effective sample size
 
 
-def test_effective_sample_size_of_attention_rows(gmm):
-    x = _marginal(gmm.to(dtype=F64), 0.5, 3, 10, rng(5))
-    uniform = torch.full((3, 10, 10), 0.1, dtype=F64)
-    torch.testing.assert_close(
-        effective_sample_size(uniform), torch.full((3, 10), 10.0, dtype=F64)
-    )
-    torch.testing.assert_close(
-        effective_sample_size(torch.eye(10, dtype=F64)), torch.ones(10, dtype=F64)
-    )
-    attn = attention_weights(x, 0.2 * torch.eye(8, dtype=F64))
-    torch.testing.assert_close(effective_sample_size(attn), 1 / (attn**2).sum(-1))
-    with pytest.raises(ValueError, match="attn"):
-        effective_sample_size(torch.tensor(1.0))
-
-
 @pytest.mark.parametrize("which", ["gmm", "skewed_gmm"])
 def test_ess_fraction_matches_empirical_ess_over_many_keys(which, request):
     g = request.getfixturevalue(which).to(dtype=F64)
@@ -164,7 +147,8 @@ def test_ess_fraction_matches_empirical_ess_over_many_keys(which, request):
     q = torch.cat([_queries(g, ab, 3, t, gen) for t in (0.15, 0.3)])
     keys = _marginal(g, ab, 1, 200_000, gen)[0]
     weights = torch.softmax(keys @ q.T, dim=0).T  # (Q, L)
-    empirical = effective_sample_size(weights) / keys.shape[0]
+    # Kish's effective sample size of each row, per key
+    empirical = weights.sum(-1) ** 2 / (weights**2).sum(-1) / keys.shape[0]
     torch.testing.assert_close(empirical, ess_fraction(g, ab, q), rtol=0.05, atol=0)
 
 

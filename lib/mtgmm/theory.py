@@ -160,18 +160,7 @@ def limit_excess(
     return mean_stderr(torch.cat(parts))
 
 
-# ------------------------------------------------------------- effective sample size
-
-
-def effective_sample_size(attn: Tensor) -> Tensor:
-    """Kish's ``(Σ_j A_ij)² / Σ_j A_ij²`` over the last axis of attention weights ``attn``
-    (:doc:`/book/attention`).
-    """
-    if attn.ndim < 1 or attn.shape[-1] < 1:
-        raise ValueError(
-            f"attn must have a non-empty last axis (keys), got {tuple(attn.shape)}"
-        )
-    return attn.sum(-1) ** 2 / (attn**2).sum(-1)
+# -------------------------------------------------------------------- the ESS fraction
 
 
 def ess_fraction(gmm: MultiTokenGMM, alpha_bar: float | Tensor, q: Tensor) -> Tensor:
