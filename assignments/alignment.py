@@ -1,60 +1,52 @@
 """Graded questions of the alignment chapter (book/alignment.md), for
 tools/build_assignments.py. See assignments/ddpm.py for the form of the tests.
 
-The chapter computes the same map itself (its ``linear_weights``, used by its experiments),
-so the answer stands in the chapter's code: the exercise is the derivation, and the graded
-function may not call ``linear_weights``.
+The graded function is the closed-form risk of the best linear map, which the chapter never
+computes: its ``linear_weights`` (the map itself, for the chapter's own mixture, by a matrix
+inverse) stays in the student notebook as a tool, and the graded function may not call it.
 """
 
 from __future__ import annotations
 
 
-def shape_and_symmetry(my_linear_weights):
-    """a symmetric d x d matrix; at pure noise (alpha_bar = 0) the identity"""
-    import torch
-
-    eye = torch.eye(5, dtype=torch.float64)
-    p = torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
-    w = my_linear_weights(0.6, 2.0, 2, 0.5, p)
-    assert isinstance(w, torch.Tensor), "return a torch tensor"
-    assert w.shape == (5, 5), f"shape {tuple(w.shape)}, expected (5, 5)"
-    torch.testing.assert_close(w, w.T)
-    torch.testing.assert_close(my_linear_weights(0.0, 2.0, 2, 0.5, p), eye)
+def zero_at_noise(my_linear_risk):
+    """a float between 0 and d; 0 at pure noise (alpha_bar = 0), where the oracle is x"""
+    risk = my_linear_risk(0.6, 2.0, 3, 6, 0.5)
+    assert isinstance(float(risk), float), "return a number"
+    assert 0 < risk < 6, f"risk {risk}, expected between 0 and d = 6"
+    assert abs(my_linear_risk(0.0, 2.0, 3, 6, 0.5)) < 1e-12
 
 
-def blocks(my_linear_weights):
-    """W maps span and complement to themselves, with b_t / s_t^2 on the complement"""
+def against_the_matrix(my_linear_risk):
+    """d - b^2 tr M^-1 with M built from explicit orthogonal means; tends to d as b -> 0"""
     import torch
 
     gen = torch.Generator().manual_seed(61)
-    u, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
-    p = u[:, :3] @ u[:, :3].T
-    eye = torch.eye(6, dtype=torch.float64)
-    ab, s0 = 0.7, 0.4
-    w = my_linear_weights(ab, 3.0, 3, s0, p)
-    torch.testing.assert_close(w @ p, p @ w)
-    s2 = ab * s0**2 + 1 - ab
-    torch.testing.assert_close(w @ (eye - p), (1 - ab) ** 0.5 / s2 * (eye - p))
-    inside = torch.linalg.eigvalsh(p @ w @ p)[-3:]
-    assert (inside < (1 - ab) ** 0.5 / s2).all(), "the span is shrunk more"
+    d, K, r, s0 = 7, 3, 2.5, 0.4
+    u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    means = r * u[:, :K].T  # (K, d), orthogonal, norm r
+    eye = torch.eye(d, dtype=torch.float64)
+    for ab in (0.9, 0.3):
+        m = ab * (means.T @ means / K + s0**2 * eye) + (1 - ab) * eye
+        expected = d - (1 - ab) * torch.linalg.inv(m).trace().item()
+        assert abs(my_linear_risk(ab, r, K, d, s0) - expected) < 1e-9
+    assert abs(my_linear_risk(1 - 1e-12, r, K, d, s0) - d) < 1e-6
 
 
-def values(my_linear_weights):
+def values(my_linear_risk):
     """stored values at fixed inputs"""
-    import torch
+    import numpy as np
 
-    gen = torch.Generator().manual_seed(62)
-    u, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
-    p = u[:, :4] @ u[:, :4].T
-    return [my_linear_weights(ab, 4.0, 4, 0.5, p) for ab in (0.99, 0.5, 0.01)]
+    cases = [(0.99, 4.0, 4, 8, 0.5), (0.5, 4.0, 4, 8, 0.5), (0.7, 3.0, 2, 5, 0.8)]
+    return np.array([my_linear_risk(*case) for case in cases], dtype=float)
 
 
 QUESTIONS = {
     "ex-alignment-linear": dict(
-        function="my_linear_weights",
+        function="my_linear_risk",
         tests=[
-            ("visible", 1, shape_and_symmetry),
-            ("hidden", 1, blocks),
+            ("visible", 1, zero_at_noise),
+            ("hidden", 1, against_the_matrix),
             ("stored", 2, values),
         ],
         forbid=["linear_weights", "mtgmm"],

@@ -10,8 +10,10 @@ no Docker):
 - each question's deliberately wrong answer (its ``wrong`` substitution, a sign error) fails
   that question's stored-value tests and loses points on it, and on no other question;
 - the student notebook and its visible tests name no package function that a question asks
-  the student to write, hold no line of a solution, and run top to bottom in a fresh kernel
-  (only the cells tagged ``raises-exception`` may fail).
+  the student to write, hold no line of a solution, define none of its functions and compute
+  none of its formulas outside the answer cell (``build_assignments.solution_leaks``; a fast
+  test checks every chapter's master notebook so, and another that the check can fail), and
+  run top to bottom in a fresh kernel (only the cells tagged ``raises-exception`` may fail).
 """
 
 from __future__ import annotations
@@ -84,6 +86,36 @@ def test_master_notebook_builds(chapter):
     assert sources[0].startswith("# ASSIGNMENT CONFIG")
     for q in graded.values():
         assert f"name: {q.function}\npoints: {q.points}" in "\n".join(sources)
+    # the student's code reaches no answer: no package function that a question asks for,
+    # no definition of a solution's function, no formula of a solution's code
+    code = ba.student_code(master)
+    for q in graded.values():
+        assert not ba.solution_leaks(code, q, _solutions(chapter)[q.label]), q.label
+
+
+def _solutions(chapter: str) -> dict:
+    book = nbformat.read(ba.BOOK / f"{chapter}.ipynb", as_version=4)
+    return {
+        s.label: s for s in ba.split_chapter(book.cells) if isinstance(s, ba.Solution)
+    }
+
+
+def test_leak_check_can_fail():
+    """The check above finds each way a student notebook could reach an answer."""
+    master, graded = ba.master_notebook("mixture")
+    code = ba.student_code(master)
+    q = graded["ex-mixture-code-oracle"]
+    sol = _solutions("mixture")[q.label]
+    assert not ba.solution_leaks(code, q, sol)
+    body = sol.code.replace(f"def {q.function}(", "def helper(")
+    for leak, expected in [
+        ("eps = mtgmm.oracle_eps(gmm, x, 0.5)", "names oracle_eps"),
+        ("from mtgmm.oracle import oracle_eps", "names oracle_eps"),
+        (sol.code, f"cells define {q.function}"),
+        (body, "computes the solution's"),
+    ]:
+        found = ba.solution_leaks([*code, leak], q, sol)
+        assert any(expected in f for f in found), (leak, found)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +186,7 @@ def test_student_notebook_does_not_reach_the_solution(built, chapter):
         assert not any("expected = np.array" in t for t in tests), (
             "a stored test leaked"
         )
+        assert not ba.solution_leaks(code, q, sol), q.label
     # no prose of a solution either: the solution notebook has it, the student's not
     solution_nb = nbformat.read(
         folder / "autograder" / f"{chapter}.ipynb", as_version=4
@@ -278,8 +311,13 @@ def test_question_tests_without_a_notebook(chapter):
         assert not any(_run_test_cell(c, blank) for c in cells), (
             f"{q.label}: blank passes"
         )
-        wrong_code = ba.wrong_code(q, sol.code)
-        wrong_sol = ba.Solution(q.label, [{"cell_type": "code", "source": wrong_code}])
+        cells_wrong = [
+            dict(c, source=ba.wrong_code(q, c["source"]))
+            if q.function in ba.Solution("", [c]).functions
+            else c
+            for c in sol.cells
+        ]
+        wrong_sol = ba.Solution(q.label, cells_wrong)
         wrong = ba.solution_namespace(wrong_sol, preamble, q.setup)
         for cell, (kind, _, _) in zip(cells, q.tests, strict=True):
             if kind == "stored":

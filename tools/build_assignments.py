@@ -173,7 +173,7 @@ class Question:
     tests: list[tuple[str, int, object]]  # (kind, points, function)
     package: list[str] = field(default_factory=list)
     forbid: list[str] = field(default_factory=list)
-    route: str | None = None
+    route: str | dict[str, str] | None = None  # one adapter, or one per name
     wrong: tuple[str, str] | str | None = None
     tolerance: dict = field(default_factory=lambda: {"rtol": 1e-6, "atol": 1e-9})
     setup: str = ""  # the chapter's variables that the solution or the tests read
@@ -343,7 +343,12 @@ def solution_namespace(solution: Solution, preamble: str, setup: str = "") -> di
     env: dict = {}
     exec(compile(preamble, "<chapter imports>", "exec"), env)
     exec(compile(setup, "<question setup>", "exec"), env)
-    exec(compile(solution.code, f"<solution {solution.label}>", "exec"), env)
+    # only its cells that define functions: a cell that applies them to the chapter's
+    # results (the solution notebook runs it) needs the chapter's variables
+    for cell in solution.cells:
+        if cell["cell_type"] == "code" and Solution("", [cell]).functions:
+            code = _strip_magics(cell["source"])
+            exec(compile(code, f"<solution {solution.label}>", "exec"), env)
     return env
 
 
@@ -424,13 +429,18 @@ def route_cell(source: str, question: Question) -> str:
         source = re.sub(rf"^from [\w.]+ import {name}\n", "", source, flags=re.M)
         # a call: through the adapter
         if re.search(rf"\b{name}\(", source):
-            if question.route is None:
+            route = (
+                question.route.get(name)
+                if isinstance(question.route, dict)
+                else question.route
+            )
+            if route is None:
                 raise ValueError(
                     f"{question.label}: a chapter cell calls {name} and the question has "
                     "no route"
                 )
             source = re.sub(rf"(?:\b[\w]+\.)*\b{name}\(", f"_{name}_routed(", source)
-            source = f"_{name}_routed = {question.route}\n" + source
+            source = f"_{name}_routed = {route}\n" + source
     return source
 
 
@@ -481,9 +491,25 @@ def propagate(
             failing = True
         if failing:
             tainted |= _assigned(stmt)
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+            _all_loaded(stmt) & (tainted | sticky)
+        ):
+            tainted.add(stmt.name)  # defining it is safe, calling it may fail
         else:
             tainted -= _assigned(stmt) - set(sticky)
     return failing, tainted
+
+
+def _all_loaded(node) -> set[str]:
+    """The global names a function definition reads: those its body reads (also in nested
+    functions) but neither assigns nor takes as parameters."""
+    loaded = {
+        n.id
+        for n in ast.walk(node)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    local = {n.arg for n in ast.walk(node) if isinstance(n, ast.arg)}
+    return loaded - local - (_assigned(node) - {node.name})
 
 
 def _strip_magics(source: str) -> str:
@@ -661,6 +687,7 @@ def master_notebook(
                     "goes on past them.*"
                 )
             )
+        out.append(_markdown(graded_note(q)))
         out.append(raw("# BEGIN SOLUTION"))
         for c in sol.cells:
             c = copy.deepcopy(c)
@@ -750,6 +777,121 @@ def master_notebook(
         c["id"] = f"cell-{i}"
     master.metadata.pop("jupytext", None)
     return master, graded
+
+
+# ---------------------------------------------------------------------------------------------
+# the student notebook may not reach the solution
+
+MIN_NODES = 10  # the smallest expression of a solution that counts as its code
+
+
+def student_code(master: nbformat.NotebookNode) -> list[str]:
+    """The code cells of the student notebook that ``otter assign`` makes of ``master``:
+    the test cells dropped, solution lines inside a cell replaced by ``...``."""
+    out, tests = [], False
+    for cell in master.cells:
+        text = cell.source.strip()
+        if cell.cell_type == "raw":
+            tests = text == "# BEGIN TESTS" or (tests and text != "# END TESTS")
+            continue
+        if tests or cell.cell_type != "code":
+            continue
+        lines, inside = [], False
+        for line in cell.source.splitlines():
+            if line.strip() == "# BEGIN SOLUTION":
+                inside = True
+                lines.append(line.replace("# BEGIN SOLUTION", "..."))
+            elif line.strip() == "# END SOLUTION":
+                inside = False
+            elif not inside:
+                lines.append(line)
+        out.append("\n".join(lines))
+    return out
+
+
+def _shape(node: ast.AST) -> str:
+    """An expression with its names abstracted (attributes and constants kept)."""
+
+    class Abstract(ast.NodeTransformer):
+        def visit_Name(self, n):
+            return ast.Name(id="_", ctx=ast.Load())
+
+        def visit_arg(self, n):
+            return ast.arg(arg="_")
+
+    return ast.dump(Abstract().visit(copy.deepcopy(node)), include_attributes=False)
+
+
+def _expressions(tree: ast.AST) -> set[str]:
+    return {
+        _shape(n)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.expr)
+        and sum(isinstance(m, ast.expr) for m in ast.walk(n)) >= MIN_NODES
+    }
+
+
+def solution_leaks(
+    code: list[str], question: Question, solution: Solution
+) -> list[str]:
+    """How the student's code cells ``code`` reach the answer of ``question``, if they do.
+
+    Outside the answer cell (the one that defines ``question.function``), no cell may name a
+    ``package`` function (what the exercise asks the student to write; the builder routes
+    the chapter's calls of it to the student's function), define a function of the solution,
+    or contain an expression of the solution's code, compared with names abstracted (at
+    least ``MIN_NODES`` nodes: a formula, not a call such as ``np.asarray(x, dtype=float)``).
+    """
+    f = question.function
+    answer = [c for c in code if re.search(rf"^def {f}\(", c, re.M)]
+    found = []
+    if len(answer) != 1:
+        found.append(f"{len(answer)} cells define {f}")
+    sol_tree = ast.parse(_strip_magics(solution.code))
+    shapes = _expressions(sol_tree)
+    for i, cell in enumerate(code):
+        if cell in answer:
+            continue
+        try:
+            tree = ast.parse(_strip_magics(cell))
+        except SyntaxError:
+            continue
+        for n in ast.walk(tree):
+            name = (
+                n.id
+                if isinstance(n, ast.Name)
+                else n.attr
+                if isinstance(n, ast.Attribute)
+                else n.name
+                if isinstance(n, (ast.FunctionDef, ast.alias))
+                else None
+            )
+            if isinstance(n, ast.alias):
+                name = (n.asname or n.name).split(".")[-1]
+            if name in question.package:
+                found.append(f"cell {i} names {name}")
+            if isinstance(n, ast.FunctionDef) and n.name in solution.functions:
+                found.append(f"cell {i} defines {n.name}")
+        same = _expressions(tree) & shapes
+        if same:
+            found.append(f"cell {i} computes the solution's {len(same)} expression(s)")
+    return found
+
+
+def graded_note(q: Question) -> str:
+    """What the student notebook does with a graded answer (a line before the answer cell)."""
+    visible = sum(p for kind, p, _ in q.tests if kind == "visible")
+    names = ", ".join(f"`{n}`" for n in q.forbid)
+    barred = (
+        f" It may not use {names}: every hidden test fails a function that does."
+        if names
+        else ""
+    )
+    return (
+        f'*Write `{q.function}` in the cell below. `grader.check("{q.function}")` after '
+        f"it runs the visible tests ({visible} of {q.points} points); the autograder adds "
+        f"hidden tests of properties and of values at fixed inputs.{barred}*"
+    )
 
 
 def visible_test_files(graded: dict[str, Question], envs: dict) -> dict[str, str]:
