@@ -1,9 +1,12 @@
 """Graded questions of the sampling chapter (book/sampling.md), for
 tools/build_assignments.py. See assignments/ddpm.py for the form of the tests.
 
-``reverse_coefficients`` (the package's general reverse step) is a tool of the chapter and
-gives only the two ends, σ0 = 0 and σ0 = 1, of the exercise's variance; the graded function may
-not call it. The chapter is still being rewritten, so the wrong answer is a wrapper.
+No cell of the chapter computes the exercise's variance β_t s_{t-1}^2 / s_t^2 (the leak check
+of tests/test_assignments.py says so). ``reverse_coefficients``, the sampler's coefficients,
+stays in the student notebook as a tool: it gives only the two standard variances, the ends
+σ0 = 1 and σ0 = 0 that the exercise's prompt itself states, and the graded function may not
+call it (the stored values are at σ0 strictly between). The wrong answer is a wrapper that
+moves the variance outside the interval between the two ends.
 """
 
 from __future__ import annotations
