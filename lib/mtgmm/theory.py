@@ -423,11 +423,3 @@ def score_matching_error(excess: float | Tensor, alpha_bar: float | Tensor) -> T
             "alpha_bar must be < 1: at ᾱ = 1 (b = 0) the score is undefined"
         )
     return torch.as_tensor(excess, dtype=ab.dtype) / (1 - ab)
-
-
-def __getattr__(name):  # TEMPORARY (issue #11): until alignment.md uses mtgmm.symmetry
-    if name in {"reduced_coordinates", "weights_from_coordinates"}:
-        from . import symmetry
-
-        return getattr(symmetry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
