@@ -5,8 +5,8 @@ No cell of the chapter computes the exercise's variance β_t s_{t-1}^2 / s_t^2 (
 of tests/test_assignments.py says so). ``reverse_coefficients``, the sampler's coefficients,
 stays in the student notebook as a tool: it gives only the two standard variances, the ends
 σ0 = 1 and σ0 = 0 that the exercise's prompt itself states, and the graded function may not
-call it (the stored values are at σ0 strictly between). The wrong answer is a wrapper that
-moves the variance outside the interval between the two ends.
+call it (the stored values are at σ0 strictly between). The wrong answer is a wrapper
+(2 v − β_t in place of v).
 """
 
 from __future__ import annotations
