@@ -365,11 +365,3 @@ def tokens_needed(
         else:
             lo = mid
     return float(hi)
-
-
-def __getattr__(name):  # TEMPORARY (issue #11): Profile now lives in mtgmm.descent
-    if name in {"Profile", "sign_changes", "temperature_iterations"}:
-        from . import descent
-
-        return getattr(descent, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
