@@ -21,6 +21,7 @@ import csv
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -92,28 +93,55 @@ def _run(chapter: Path, out: Path, preset: str) -> tuple[float, float, int]:
     return elapsed, peak, len(notebook.metadata["mtgmm"]["failed"])
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _text(cell) -> str:
+    """The printed text of a code cell (streams and plain-text results)."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            parts.append(output["text"])
+        elif "text/plain" in output.get("data", {}):
+            parts.append(output["data"]["text/plain"])
+    return "\n".join(parts).strip()
+
+
 def _failures(notebook) -> list[dict]:
-    """The code cells that raised: their number among the code cells, the error, and the
-    line of the cell that raised (for a failed ``assert``, the check itself)."""
-    failed, k = [], 0
+    """The code cells that raised: their number among the code cells, the error, the line
+    of the cell that raised (for a failed ``assert``, the check itself; read off the
+    traceback's arrow) and the printed text of the cell and of the code cell before it,
+    which is what the check read."""
+    failed, previous, k = [], None, 0
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
         k += 1
         for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                where = [
-                    line.strip()
-                    for line in cell.source.splitlines()
-                    if line.strip().startswith("assert")
-                ]
-                failed.append(
-                    {
-                        "cell": k,
-                        "error": f"{output['ename']}: {output['evalue']}"[:200],
-                        "source": where[0] if where else cell.source.splitlines()[0],
-                    }
-                )
+            if output.get("output_type") != "error":
+                continue
+            arrows = [
+                line.strip().split(maxsplit=2)[-1]
+                for entry in output.get("traceback", [])
+                for line in ANSI.sub("", entry).splitlines()
+                if line.strip().startswith("---->")
+            ]
+            lines = cell.source.splitlines()
+            failed.append(
+                {
+                    "cell": k,
+                    "error": ": ".join(
+                        x for x in (output["ename"], output["evalue"]) if x
+                    )[:200],
+                    "source": arrows[0] if arrows else lines[0] if lines else "",
+                    "read": "\n\n".join(
+                        t
+                        for t in (_text(previous) if previous else "", _text(cell))
+                        if t
+                    )[:4000],
+                }
+            )
+        previous = cell
     return failed
 
 
@@ -168,12 +196,24 @@ def _index(book: Path) -> None:
                 "are written for the quick preset, so a failed `assert` here is a claim "
                 "of the text that does not hold at these sizes:",
                 "",
-                *[
-                    f"- code cell {f['cell']}, ``{f['error']}``, at ``{f['source']}``"
-                    for f in failed
-                ],
-                "",
             ]
+            for f in failed:
+                lines += [
+                    f"- code cell {f['cell']}, ``{f['error']}``, at ``{f['source']}``",
+                    "",
+                ]
+                if f.get("read"):
+                    lines += [
+                        "  ````{admonition} What the check read (the cell and the one "
+                        "before it)",
+                        "  :class: dropdown",
+                        "",
+                        "  ```text",
+                        *[f"  {line}".rstrip() for line in f["read"].splitlines()],
+                        "  ```",
+                        "  ````",
+                        "",
+                    ]
         k = 0
         for cell in notebook.cells:
             outputs = cell.get("outputs", []) if cell.cell_type == "code" else []
