@@ -62,7 +62,13 @@ VOLATILE_CELL_METADATA = (
 SKIP_EXECUTION_TAG = "skip-execution"
 # Per-chapter execution times of the last `sync`, shown by the status page book/status.md.
 STATUS = BOOK / "status.csv"
-STATUS_HEADER = ["Chapter", "Execution time (s)", "Code cells", "Executed on (UTC)"]
+STATUS_HEADER = [
+    "Chapter",
+    "Execution time (s)",
+    "Code cells",
+    "Executed on (UTC)",
+    "Load (1 min)",
+]
 NOT_RECORDED = "not recorded"
 
 
@@ -209,14 +215,15 @@ def status_rows(recorded: dict[str, list[str]]) -> list[list[str]]:
         values = (
             recorded.get(md.stem)
             or old.get(md.stem, [""])[1:]
-            or [NOT_RECORDED, "", ""]
+            or [NOT_RECORDED, "", "", ""]
         )
-        rows.append([status_cell(md, toc)] + list(values))
+        values = list(values) + [""] * (len(STATUS_HEADER) - 1 - len(values))
+        rows.append([status_cell(md, toc)] + values)
     return rows
 
 
 def write_status(recorded: dict[str, list[str]]) -> None:
-    """Rewrite ``book/status.csv`` (``recorded``: stem -> [seconds, cells, day])."""
+    """Rewrite ``book/status.csv`` (``recorded``: stem -> [seconds, cells, day, load])."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(STATUS_HEADER)
@@ -239,7 +246,8 @@ def cmd_sync(args) -> int:
         seconds = time.perf_counter() - t0
         print(f"  done in {seconds:.1f} s", flush=True)
         day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-        write_status({md.stem: [f"{seconds:.0f}", str(cells), day]})
+        load = f"{os.getloadavg()[0]:.1f}"  # other work on the machine slows a chapter
+        write_status({md.stem: [f"{seconds:.0f}", str(cells), day, load]})
     return 0
 
 
