@@ -81,20 +81,7 @@ class RotatedGMM(MultiTokenGMM):
         """``(x0, labels, frames)`` of shapes ``(n, L, d)``, ``(n, L)``, ``(n, K, d)``."""
         n_tokens = positive_int(n_tokens, "n_tokens")
         frames = self.draw_frames(n, generator)
-        labels = torch.multinomial(
-            self.weights.to(frames.device),
-            n * n_tokens,
-            replacement=True,
-            generator=generator,
-        ).view(n, n_tokens)
-        x0 = torch.gather(
-            frames, 1, labels[..., None].expand(n, n_tokens, self.dim)
-        ).clone()
-        if self.sigma0 > 0:
-            x0 += self.sigma0 * torch.randn(
-                x0.shape, generator=generator, device=x0.device, dtype=x0.dtype
-            )
-        return x0, labels, frames
+        return (*self._tokens(frames, frames.shape[0], n_tokens, generator), frames)
 
     def sample(self, n, n_tokens, generator=None) -> tuple[Tensor, Tensor]:
         """``(x0, labels)`` as :meth:`mtgmm.mixture.MultiTokenGMM.sample`, a frame per sequence."""

@@ -148,16 +148,19 @@ class MultiTokenGMM:
     ) -> tuple[Tensor, Tensor]:
         """``(x0, labels)`` of shapes (n, L, d) and (n, L), labels i.i.d. with law π."""
         n = positive_int(n, "n")
-        n_tokens = positive_int(n_tokens, "n_tokens")
         device = self.means.device if generator is None else generator.device
-        means = self.means.to(device)
-        labels = torch.multinomial(
-            self.weights.to(device), n * n_tokens, replacement=True, generator=generator
-        ).view(n, n_tokens)
-        x0 = means[labels]
+        return self._tokens(self.means.to(device), n, n_tokens, generator)
+
+    def _tokens(self, means: Tensor, n: int, n_tokens: int, generator) -> tuple:
+        """``(x0, labels)`` around ``means`` (K, d), or around a frame (n, K, d) a sequence."""
+        n_tokens, w = positive_int(n_tokens, "n_tokens"), self.weights.to(means.device)
+        labels = torch.multinomial(w, n * n_tokens, True, generator=generator)
+        labels = labels.view(n, n_tokens)
+        rows = torch.arange(n, device=means.device)[:, None]
+        x0 = means.expand(n, *means.shape[-2:])[rows, labels]
         if self.sigma0 > 0:
             x0 = x0 + self.sigma0 * torch.randn(
-                x0.shape, generator=generator, device=device, dtype=means.dtype
+                x0.shape, generator=generator, device=means.device, dtype=means.dtype
             )
         return x0, labels
 

@@ -401,7 +401,3 @@ def train_bank(
     return fast.train_bank(
         bank, gmm, schedule, n_tokens, steps, generator, progress, **options
     )
-
-
-# the loop over layers that train_bank is checked against
-train_bank_loop = fast.train_bank_loop
