@@ -29,7 +29,7 @@ from .attention import (
     AttentionDenoiser,
 )
 from .mixture import MultiTokenGMM, add_noise
-from .objective import noisy_batch
+from .objective import MAX_SCORES, noisy_batch
 from .oracle import oracle_eps
 from .stats import mean_stderr
 
@@ -385,7 +385,9 @@ def measured_token_gap(
     """
     n_tokens = positive_int(n_tokens, "n_tokens")
     n_sequences = positive_int(n_sequences, "n_sequences")
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = min(
+        positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2)
+    )
     ab = single_level(alpha_bar)
     w = as_weights(weights)
     _check_dim(w[0], gmm)
