@@ -67,7 +67,7 @@ def test_record_keeps_notebook_figures_and_peak_memory(tmp_path, monkeypatch):
     assert main(args) == 0
     (row,) = list(csv.DictReader((book / "full_scale.csv").open()))
     assert row["Chapter"] == "{doc}`ddpm`" and row["Preset"] == "quick"
-    assert 0.05 < float(row["Peak memory (GB)"]) < 8
+    assert 0.05 < float(row["Peak (GB)"]) < 8
     notebook = nbformat.read(book / "full" / "ddpm.ipynb", as_version=4)
     outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
     assert not any("image/png" in o.get("data", {}) for o in outputs)
@@ -94,7 +94,7 @@ def test_a_failing_check_is_recorded_and_the_chapter_goes_on(tmp_path, monkeypat
     args = ["--quick", "--record", "--book", str(book), "--out", str(tmp_path / "o")]
     assert main(args) == 1
     (row,) = list(csv.DictReader((book / "full_scale.csv").open()))
-    assert row["Failed checks"] == "1"
+    assert row["Failed"] == "1"
     index = (book / "full" / "figures.md").read_text()
     assert "1 code cell(s) raise" in index and "``assert 1 + 1 == 3``" in index
     assert index.count(":::{figure}") >= 1  # the cells after the failure ran

@@ -240,9 +240,9 @@ TIMES_HEADER = [
     "Chapter",
     "Preset",
     "Device",
-    "Execution time (s)",
-    "Peak memory (GB)",
-    "Failed checks",
+    "Time (s)",
+    "Peak (GB)",
+    "Failed",
     "Machine",
     "Date (UTC)",
 ]
