@@ -1,8 +1,11 @@
 """``python -m mtgmm`` regenerates a chapter's figures (quick preset, one short chapter)."""
 
+import sys
 from pathlib import Path
 
 from mtgmm.__main__ import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 
@@ -36,7 +39,7 @@ def test_unknown_chapter_is_an_error(tmp_path):
 
 
 def test_times_merge_by_chapter_preset_and_device(tmp_path):
-    from mtgmm.__main__ import _write_times
+    from full_preset import _write_times
 
     path = tmp_path / "t.csv"
     _write_times(
