@@ -11,11 +11,10 @@ from mtgmm.best import readout_fit
 from mtgmm.descent import (
     Profile,
     gd_iterations,
-    readout_hessian,
     sign_changes,
     temperature_iterations,
 )
-from mtgmm.objective import ddpm_loss, noisy_batch
+from mtgmm.objective import noisy_batch
 from mtgmm.symmetry import orthonormal_symmetric_basis
 
 from .conftest import rng
@@ -128,60 +127,10 @@ def test_descent_on_the_profile_respects_the_count(gmm):
         assert int(np.argmax(gaps <= target)) <= predicted and (gaps <= target).any()
 
 
-_MODELS = {
-    mask: AttentionDenoiser(8, mask_self=mask).double() for mask in (False, True)
-}
-
-
-def _loss_at(w_kq, w_v, w_s, x_t, eps, mask_self=False):
-    """The DDPM loss as a function of the three matrices (for autograd in the readout)."""
-    params = {"W_KQ": w_kq, "W_V": w_v, "W_S": w_s}
-    return ddpm_loss(
-        torch.func.functional_call(_MODELS[mask_self], params, (x_t,)), eps
-    )
-
-
-def _readout_loss(theta, e, w_kq, x_t, eps, mask_self=False):
-    """The loss in the orthonormal symmetric coordinates θ = (W_V's, W_S's)."""
-    w_v, w_s = (torch.einsum("m,mde->de", part, e) for part in theta.split(len(e)))
-    return _loss_at(w_kq, w_v, w_s, x_t, eps, mask_self)
-
-
-@pytest.mark.parametrize("mask_self", [False, True])
-def test_readout_hessian_matches_autograd(gmm, mask_self):
-    g, ab = gmm.to(dtype=F64), 0.7
-    basis = SymmetricBasis(g)
-    x_t, eps = noisy_batch(g, ab, 6, 5, rng(30))
-    w_kq = 0.2 * torch.randn(8, 8, generator=rng(31), dtype=F64)
-    e = orthonormal_symmetric_basis(basis)
-    theta = torch.randn(2 * len(e), generator=rng(32), dtype=F64)
-    h = torch.autograd.functional.hessian(
-        lambda t: _readout_loss(t, e, w_kq, x_t, eps, mask_self), theta
-    )
-    torch.testing.assert_close(readout_hessian(w_kq, x_t, basis, mask_self), h)
-    h_full = torch.autograd.functional.hessian(
-        lambda v: _loss_at(
-            w_kq, v[:64].view(8, 8), v[64:].view(8, 8), x_t, eps, mask_self
-        ),
-        torch.zeros(128, dtype=F64),
-    )
-    block = readout_hessian(w_kq, x_t, mask_self=mask_self)
-    torch.testing.assert_close(torch.kron(block, torch.eye(8, dtype=F64)), h_full)
-
-
-def test_readout_hessian_checks_arguments():
-    with pytest.raises(ValueError, match="x_t"):
-        readout_hessian(torch.eye(3), torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="w_kq"):
-        readout_hessian(torch.eye(2), torch.zeros(1, 4, 3))
-    with pytest.raises(ValueError, match="mask_self"):
-        readout_hessian(torch.eye(3), torch.zeros(2, 1, 3), mask_self=True)
-
-
 def test_gd_iterations_bounds_gradient_descent_on_the_readout_quadratic(gmm):
     """GD (gradients by autograd) on the empirical readout loss, in the orthonormal symmetric
     coordinates with W_KQ fixed, from θ = 0 with step 1/ℓ: it reaches the target within the
-    quadratic bound, which lies within the general one; μ, ℓ from ``readout_hessian``."""
+    quadratic bound, which lies within the general one; μ, ℓ from the Hessian by autograd."""
     g, ab = gmm.to(dtype=F64), 0.7
     basis = SymmetricBasis(g)
     e = orthonormal_symmetric_basis(basis)
@@ -200,7 +149,7 @@ def test_gd_iterations_bounds_gradient_descent_on_the_readout_quadratic(gmm):
     def loss(theta):
         return ((torch.einsum("nlad,a->nld", feats, theta) - eps) ** 2).sum(-1).mean()
 
-    hess = readout_hessian(w_kq, x_t, basis)
+    hess = torch.autograd.functional.hessian(loss, torch.zeros(2 * len(e), dtype=F64))
     mu, ell = torch.linalg.eigvalsh(hess)[[0, -1]].tolist()
     theta = torch.zeros(2 * len(e), dtype=F64, requires_grad=True)
     (grad0,) = torch.autograd.grad(loss(theta), theta)

@@ -1,16 +1,13 @@
-import math
-
 import pytest
 import torch
 
 from mtgmm import AttentionDenoiser, MultiTokenGMM, add_noise, oracle_eps, train
 from mtgmm.incontext import (
     RotatedGMM,
-    bayes_eps,
+    frame_eps,
     frame_posterior_eps,
     haar_orthogonal,
     known_means_eps,
-    risk_bracket,
 )
 
 from .conftest import rng
@@ -73,23 +70,6 @@ def test_known_means_oracle_equals_fixed_means_oracle(rotated):
         )
 
 
-def test_bayes_monte_carlo_against_quadrature_in_two_dimensions():
-    g = RotatedGMM.orthogonal(2, 2, radius=2.0, sigma0=0.3, seed=0, dtype=torch.float64)
-    x0, _, _ = g.sample_frames(12, 5, rng(6))
-    x_t, _ = add_noise(x0, 0.6, rng(7))
-    theta = torch.linspace(0, 2 * math.pi, 2001, dtype=torch.float64)[:-1]
-    c, s = theta.cos(), theta.sin()
-    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-    group = torch.cat(
-        [rot, rot @ torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))]
-    )
-    exact, _ = frame_posterior_eps(g, x_t, g.means @ group.transpose(-1, -2), 0.6)
-    est = bayes_eps(g, x_t, 0.6, n_particles=512, generator=rng(8))
-    err = (est.eps - exact).pow(2).sum(-1).mean().item()
-    assert err < 0.01 * exact.pow(2).sum(-1).mean().item()
-    assert est.ess.min() > 1 and est.acceptance.min() > 0.05
-
-
 def test_sign_group_exact_posterior_by_enumeration(rotated):
     signs = RotatedGMM(rotated.means, sigma0=0.5, group="sign")
     x0, _, frames = signs.sample_frames(3, 4, rng(9))
@@ -114,15 +94,6 @@ def test_sign_group_exact_posterior_by_enumeration(rotated):
         torch.testing.assert_close(eps[i], mix, atol=1e-4, rtol=1e-4)
 
 
-def test_risk_bracket_orders_and_centres():
-    eps = torch.randn(50, 4, 3, generator=rng(11))
-    hat = 0.5 * eps + 0.1 * torch.randn(50, 4, 3, generator=rng(12))
-    lower, middle, upper = risk_bracket(eps, hat)
-    torch.testing.assert_close(middle, (lower + upper) / 2)
-    with pytest.raises(ValueError, match="eps and eps_hat"):
-        risk_bracket(eps, hat[:, :2])
-
-
 def test_train_accepts_the_rotated_mixture(rotated):
     model = AttentionDenoiser(8)
     history = train(
@@ -140,9 +111,22 @@ def test_bad_input_names_the_argument(rotated):
         known_means_eps(
             rotated, torch.zeros(2, 3, 8), torch.zeros(2, 4, 8), torch.ones(2)
         )
-    with pytest.raises(ValueError, match="n_particles"):
-        bayes_eps(rotated, torch.zeros(2, 3, 8), 0.5, n_particles=0)
-    with pytest.raises(ValueError, match="gmm"):
-        bayes_eps(RotatedGMM(rotated.means, group="sign"), torch.zeros(2, 3, 8), 0.5)
     with pytest.raises(ValueError, match="n"):
         haar_orthogonal(0, 3)
+
+
+def test_frame_eps_is_the_oracle_of_each_frame(rotated):
+    """frame_eps per frame equals oracle_eps of the mixture with those means, and its
+    log-likelihood is the mixture's log-density summed over tokens, up to a constant of
+    the sequence (the same for every frame)."""
+    x0, _, frames = rotated.sample_frames(3, 4, rng(20))
+    x_t, _ = add_noise(x0, 0.4, rng(21))
+    eps, loglik = frame_eps(rotated, frames.expand(3, 3, 4, 8), x_t, 0.4)
+    for i in range(3):
+        shifts = []
+        for j in range(3):
+            fixed = MultiTokenGMM(frames[j], sigma0=0.5)
+            torch.testing.assert_close(eps[i, j], oracle_eps(fixed, x_t[i], 0.4))
+            shifts.append(fixed.log_prob(x_t[i], 0.4).sum() - loglik[i, j])
+        torch.testing.assert_close(shifts[1], shifts[0], atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(shifts[2], shifts[0], atol=1e-3, rtol=1e-5)

@@ -12,6 +12,7 @@ sample; the minimiser is scored on fresh sequences.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,20 @@ def _device(device: torch.device | str | None) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
+def _score(model, gmm, alpha_bar, n_tokens, n_sequences, generator, device):
+    """:func:`excess_risk` of ``model`` on fresh sequences drawn on the CPU (the same
+    sample on every device), evaluated on ``device`` by a copy of the model."""
+    return excess_risk(
+        copy.deepcopy(model).to(device),
+        gmm.to(device="cpu", dtype=torch.float32),
+        alpha_bar,
+        n_tokens,
+        n_sequences,
+        generator,
+        device=device,
+    )
+
+
 def _profile_on(device, x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
     """:func:`readout_profile` with the fixed sample moved to ``device``."""
     return readout_profile(
@@ -198,9 +213,8 @@ def best_in_class(
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, streams[0])
     basis, columns = invariant_matrices(gmm64, include_j)
-    evaluate = _profile_on(
-        _device(device), x, oracle_eps(gmm64, x, ab), basis, mask_self
-    )
+    device = _device(device)
+    evaluate = _profile_on(device, x, oracle_eps(gmm64, x, ab), basis, mask_self)
 
     direction = torch.tensor(
         [1.0, 0.0, -1.0 if include_j else 0.0], dtype=torch.float64
@@ -218,13 +232,8 @@ def best_in_class(
     sym = SymmetricBasis(gmm64)
     model = AttentionDenoiser(gmm.dim, mask_self)
     model.set_weights(*sym.compose(coefficients))
-    excess, stderr = excess_risk(
-        model,
-        gmm.to(device="cpu", dtype=torch.float32),
-        ab,
-        n_tokens,
-        n_eval_sequences,
-        streams[1],
+    excess, stderr = _score(
+        model, gmm, ab, n_tokens, n_eval_sequences, streams[1], device
     )
     risk, risk_se = bayes_risk(gmm64, ab, bayes_samples, streams[2])
     return BestInClass(
@@ -260,9 +269,8 @@ def readout_fit(
     gmm64 = gmm.to(device="cpu", dtype=torch.float64)
     x, _ = noisy_batch(gmm64, ab, n_sequences, n_tokens, fit_stream)
     basis, columns = invariant_matrices(gmm64, include_j=True)
-    evaluate = _profile_on(
-        _device(device), x, oracle_eps(gmm64, x, ab), basis, mask_self
-    )
+    device = _device(device)
+    evaluate = _profile_on(device, x, oracle_eps(gmm64, x, ab), basis, mask_self)
     kappa = torch.as_tensor(w_kq_coordinates, dtype=torch.float64)[columns]
     with torch.no_grad():
         _, theta = evaluate(kappa)
@@ -275,8 +283,7 @@ def readout_fit(
     )
     model = AttentionDenoiser(gmm.dim, mask_self)
     model.set_weights(*SymmetricBasis(gmm64).compose(coefficients))
-    gmm32 = gmm.to(device="cpu", dtype=torch.float32)
-    excess, stderr = excess_risk(
-        model, gmm32, ab, n_tokens, n_eval_sequences, eval_stream
+    excess, stderr = _score(
+        model, gmm, ab, n_tokens, n_eval_sequences, eval_stream, device
     )
     return model, excess, stderr

@@ -20,43 +20,6 @@ from .bounds import _level
 from .mixture import MultiTokenGMM
 from .objective import noisy_batch
 from .oracle import oracle_eps
-from .symmetry import orthonormal_symmetric_basis
-
-
-def readout_hessian(
-    w_kq: Tensor,
-    x_t: Tensor,
-    basis: SymmetricBasis | None = None,
-    mask_self: bool = False,
-) -> Tensor:
-    """Hessian of the empirical DDPM loss in the readout ``(W_V, W_S)`` for fixed ``W_KQ``, on
-    samples ``x_t`` (n, L, d): with features φ = [softmax(x W_KQ Xᵀ) X, x] per token,
-
-        H = 2 mean φφᵀ   (2d × 2d; the full Hessian is H ⊗ I_d),
-
-    or, given ``basis``, the (2m × 2m) Hessian in the coordinates of
-    :func:`mtgmm.symmetry.orthonormal_symmetric_basis`, W_V's first (:doc:`/book/convergence`,
-    *Convexity in the readout*).
-    """
-    if x_t.ndim != 3:
-        raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
-    d = x_t.shape[-1]
-    if tuple(w_kq.shape) != (d, d):
-        raise ValueError(
-            f"w_kq must have shape (d, d) = {(d, d)}, got {tuple(w_kq.shape)}"
-        )
-    if mask_self and x_t.shape[1] < 2:
-        raise ValueError("mask_self needs at least 2 tokens per sequence (L >= 2)")
-    x = x_t.to(torch.float64)
-    eye = torch.eye(d, dtype=torch.float64)
-    feats = torch.stack([attend(x, w_kq.to(x), eye, mask_self), x], -2)  # (n, L, 2, d)
-    n_rows = x.shape[0] * x.shape[1]
-    if basis is None:
-        phi = feats.reshape(n_rows, 2 * d)
-        return 2 * phi.T @ phi / n_rows
-    e = orthonormal_symmetric_basis(basis).to(x)
-    psi = torch.einsum("nlvd,mde->nlvme", feats, e).flatten(2, 3)  # (n, L, 2m, d)
-    return 2 * torch.einsum("nlae,nlbe->ab", psi, psi) / n_rows
 
 
 def gd_iterations(

@@ -4,12 +4,11 @@ sequence <../incontext>`).
 A sequence draws a frame ``F = [R μ_1 … R μ_K]`` (R Haar on O(d), or a sign per mean), then
 its tokens from ``Σ_k π_k N(F_k, σ0² I)``. :func:`known_means_eps` is the oracle given F;
 the Bayes estimator ``E[ε_l | X_t]`` averages it over the posterior of F
-(:func:`frame_posterior_eps` for finitely many frames, :func:`bayes_eps` over R).
+(:func:`frame_posterior_eps` for finitely many frames; over R the chapter samples it with
+:func:`frame_eps`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -126,6 +125,15 @@ def _frame_eps(gmm, frames, x_t, a, b, s2) -> tuple[Tensor, Tensor]:
     return eps, torch.logsumexp(logits, -1).sum(-1)
 
 
+def frame_eps(gmm: MultiTokenGMM, frames: Tensor, x_t: Tensor, alpha_bar):
+    """Per frame, the oracle ``ε*_F(x_l) = (b/s²)(x_l − a Σ_k w_k F_k)`` (..., M, L, d) and
+    the sequence's log-likelihood ``Σ_l log Σ_k π_k N(x_l; a F_k, s² I)`` (..., M), up to a
+    constant; ``frames`` (..., M, K, d), ``x_t`` (..., L, d).
+    """
+    a, b, s2 = _levels(gmm, x_t, alpha_bar)
+    return _frame_eps(gmm, frames.to(x_t), x_t, a, b, s2)
+
+
 def known_means_eps(
     gmm: MultiTokenGMM, x_t: Tensor, frames: Tensor, alpha_bar
 ) -> Tensor:
@@ -162,112 +170,10 @@ def frame_posterior_eps(
     return torch.einsum("nm,nmld->nld", w, eps), w
 
 
-@dataclass(frozen=True)
-class BayesEstimate:
-    """``eps`` (n, L, d) of :func:`bayes_eps`, and per sequence the last ``ess``, the tempering
-    ``stages`` and the mean Metropolis acceptance.
-    """
-
-    eps: Tensor
-    ess: Tensor
-    n_stages: Tensor
-    acceptance: Tensor
-    n_particles: int
-
-
-def _next_beta(loglik: Tensor, beta: Tensor, logw: Tensor) -> Tensor:
-    """Per sequence, the largest β' ≤ 1 whose reweighting keeps ESS ≥ M/2 (bisection)."""
-    m = loglik.shape[-1]
-    lo, hi = beta.clone(), torch.ones_like(beta)
-
-    def ess(b):
-        w = torch.softmax(logw + (b - beta)[:, None] * loglik, -1)
-        return 1 / (w**2).sum(-1)
-
-    done = ess(hi) >= m / 2
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        ok = ess(mid) >= m / 2
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return torch.where(done, torch.ones_like(beta), torch.maximum(lo, beta + 1e-6))
-
-
-def bayes_eps(
-    gmm: RotatedGMM,
-    x_t: Tensor,
-    alpha_bar,
-    n_particles: int = 256,
-    n_moves: int = 3,
-    generator: torch.Generator | None = None,
-) -> BayesEstimate:
-    """E[ε_l | X_t] for Haar frames by tempered sequential Monte Carlo over R: reweight to the
-    largest β keeping ESS ≥ M/2, resample, and take ``n_moves`` Metropolis steps ``F ← F Qᵀ``
-    with Q the Cayley transform ``(I − hA/2)⁻¹(I + hA/2)`` of a skew-symmetric Gaussian A.
-    """
-    if not isinstance(gmm, RotatedGMM) or gmm.group != "orthogonal":
-        raise ValueError("gmm must be a RotatedGMM with group='orthogonal'")
-    if x_t.ndim != 3:
-        raise ValueError(f"x_t must have shape (n, L, d), got {tuple(x_t.shape)}")
-    m, n_moves = (
-        positive_int(n_particles, "n_particles"),
-        positive_int(n_moves, "n_moves"),
-    )
-    a, b, s2 = _levels(gmm, x_t, alpha_bar)
-    n, d = x_t.shape[0], gmm.dim
-    frames = gmm.to(dtype=x_t.dtype).draw_frames(n * m, generator).view(n, m, -1, d)
-    frames = frames.to(x_t.device)
-    _, loglik = _frame_eps(gmm, frames, x_t, a, b, s2)
-    beta = torch.zeros(n, dtype=x_t.dtype, device=x_t.device)
-    logw = torch.zeros_like(loglik)
-    step = torch.ones_like(beta)
-    stages, accepted, tries = torch.zeros_like(beta), torch.zeros_like(beta), 0
-    rows = torch.arange(n, device=x_t.device)[:, None]
-    eye = torch.eye(d, dtype=x_t.dtype, device=x_t.device)
-    while bool((beta < 1).any()):
-        new = _next_beta(loglik, beta, logw)
-        logw = logw + (new - beta)[:, None] * loglik
-        w = torch.softmax(logw, -1)
-        ess = 1 / (w**2).sum(-1)
-        stages += (new > beta).to(stages)
-        beta = new
-        pick = torch.multinomial(w, m, replacement=True, generator=generator)
-        frames, loglik = frames[rows, pick], loglik[rows, pick]
-        logw = torch.zeros_like(logw)
-        for _ in range(n_moves):
-            g = torch.randn(n, m, d, d, generator=generator, dtype=x_t.dtype)
-            skew = (g - g.transpose(-1, -2)).to(x_t.device) / 2**0.5
-            half = step[:, None, None, None] * skew / 2
-            q = torch.linalg.solve(eye - half, eye + half)  # Cayley: Q orthogonal
-            proposal = frames @ q.transpose(-1, -2)
-            _, prop_ll = _frame_eps(gmm, proposal, x_t, a, b, s2)
-            u = torch.rand(n, m, generator=generator, dtype=x_t.dtype).to(x_t.device)
-            accept = u.log() < beta[:, None] * (prop_ll - loglik)
-            frames = torch.where(accept[..., None, None], proposal, frames)
-            loglik = torch.where(accept, prop_ll, loglik)
-            rate = accept.to(x_t.dtype).mean(-1)
-            accepted, tries = accepted + rate, tries + 1
-            step = (step * torch.where(rate > 0.3, 1.3, 0.7)).clamp(1e-4, 3.0)
-    eps, _ = _frame_eps(gmm, frames, x_t, a, b, s2)
-    return BayesEstimate(eps.mean(1), ess, stages, accepted / max(tries, 1), m)
-
-
-def risk_bracket(eps: Tensor, eps_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per sequence (n,) ``(lower, middle, upper)`` of the Bayes risk per token from an
-    estimate ε̂ of E[ε | X_t]: ``‖ε‖² − ‖ε̂‖²``, ``‖ε‖² − ⟨ε, ε̂⟩``, ``‖ε − ε̂‖²``.
-    """
-    if eps.shape != eps_hat.shape or eps.ndim != 3:
-        raise ValueError("eps and eps_hat must have the same shape (n, L, d)")
-    upper = ((eps - eps_hat) ** 2).sum(-1).mean(-1)
-    lower = ((eps**2).sum(-1) - (eps_hat**2).sum(-1)).mean(-1)
-    return lower, (lower + upper) / 2, upper
-
-
 __all__ = [
-    "BayesEstimate",
     "RotatedGMM",
-    "bayes_eps",
+    "frame_eps",
     "frame_posterior_eps",
     "haar_orthogonal",
     "known_means_eps",
-    "risk_bracket",
 ]

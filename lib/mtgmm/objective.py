@@ -50,22 +50,28 @@ def excess_risk(
     n_sequences: int = 2048,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
+    device: torch.device | str | None = None,
 ) -> tuple[float, float]:
     """Per-token excess risk ``E‖f(X_t)_l − ε*(x_{t,l})‖²`` and its standard error over
     ``n_sequences`` fresh sequences (the independent units), in batches of at most
     ``batch_size`` sequences and :data:`MAX_SCORES` scores
-    (`DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`__).
+    (`DDPM <../ddpm.html#checking-the-decomposition-by-monte-carlo>`__). The sequences are
+    drawn where ``generator`` is; with ``device`` they are moved there before ``model``
+    (which must live there) and the oracle see them.
     """
     n_sequences = positive_int(n_sequences, "n_sequences")
     batch_size = min(
         positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2)
     )
+    on_device = gmm if device is None else gmm.to(device=device)
     per_sequence = []
     done = 0
     while done < n_sequences:
         nb = min(batch_size, n_sequences - done)
         x_t, _ = noisy_batch(gmm, alpha_bar, nb, n_tokens, generator)
-        gap = ((model(x_t) - oracle_eps(gmm, x_t, alpha_bar)) ** 2).sum(-1).mean(-1)
+        x_t = x_t if device is None else x_t.to(device)
+        gap = ((model(x_t) - oracle_eps(on_device, x_t, alpha_bar)) ** 2).sum(-1)
+        gap = gap.mean(-1)
         per_sequence.append(gap.double().cpu())
         done += nb
     return mean_stderr(torch.cat(per_sequence))

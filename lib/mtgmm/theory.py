@@ -29,7 +29,6 @@ from .attention import (
     AttentionDenoiser,
 )
 from .mixture import MultiTokenGMM, add_noise
-from .objective import MAX_SCORES, noisy_batch
 from .oracle import oracle_eps
 from .stats import mean_stderr
 
@@ -369,46 +368,6 @@ def token_expansion(
 
 
 @torch.no_grad()
-def measured_token_gap(
-    weights: WeightsLike,
-    gmm: MultiTokenGMM,
-    alpha_bar: float,
-    n_tokens: int,
-    n_sequences: int = 1024,
-    generator: torch.Generator | None = None,
-    mask_self: bool | None = None,
-    batch_size: int = 256,
-) -> tuple[float, float]:
-    """Measured ``excess(L) − limit`` with a standard error over sequences: the mean of
-    ``‖f(X)_l − ε*_l‖² − ‖layer_limit(x_l) − ε*_l‖²`` on the same sequences (the L = ∞ term as
-    control variate; :doc:`/book/convergence`).
-    """
-    n_tokens = positive_int(n_tokens, "n_tokens")
-    n_sequences = positive_int(n_sequences, "n_sequences")
-    batch_size = min(
-        positive_int(batch_size, "batch_size"), max(1, MAX_SCORES // n_tokens**2)
-    )
-    ab = single_level(alpha_bar)
-    w = as_weights(weights)
-    _check_dim(w[0], gmm)
-    model = AttentionDenoiser.from_weights(
-        *w, mask_self=_mask_self_of(weights, mask_self)
-    )
-    model = model.double()
-    g64 = gmm.to(dtype=torch.float64)
-    parts, done = [], 0
-    while done < n_sequences:
-        x_t, _ = noisy_batch(
-            g64, ab, min(batch_size, n_sequences - done), n_tokens, generator
-        )
-        eps_star = oracle_eps(g64, x_t, ab)
-        finite = ((model(x_t) - eps_star) ** 2).sum(-1)
-        limit = ((layer_limit(w, g64, ab, x_t) - eps_star) ** 2).sum(-1)
-        parts.append((finite - limit).mean(-1))
-        done += x_t.shape[0]
-    return mean_stderr(torch.cat(parts))
-
-
 # ------------------------------------------------------------------------ scores
 
 
