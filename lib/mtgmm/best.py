@@ -12,7 +12,7 @@ sample; the minimiser is scored on fresh sequences.
 
 from __future__ import annotations
 
-import copy
+from copy import deepcopy
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,9 +98,8 @@ def readout_profile(x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):
     total = flat_target @ flat_target
 
     def evaluate(kappa: Tensor) -> tuple[Tensor, Tensor]:
-        kappa = kappa.to(
-            x.device
-        )  # κ lives on the CPU (L-BFGS); the sample on the device
+        # κ lives on the CPU (L-BFGS); the sample on the device
+        kappa = kappa.to(x.device)
         w_kq = torch.einsum("m,mij->ij", kappa, basis.to(kappa))
         attended = _attend_chunked(x, w_kq.to(x), eye, mask_self)  # A X
         value = (attended.unsqueeze(0) @ basis.to(x).unsqueeze(1)).flatten(1).double()
@@ -125,15 +124,9 @@ def _device(device: torch.device | str | None) -> torch.device:
 def _score(model, gmm, alpha_bar, n_tokens, n_sequences, generator, device):
     """:func:`excess_risk` of ``model`` on fresh sequences drawn on the CPU (the same
     sample on every device), evaluated on ``device`` by a copy of the model."""
-    return excess_risk(
-        copy.deepcopy(model).to(device),
-        gmm.to(device="cpu", dtype=torch.float32),
-        alpha_bar,
-        n_tokens,
-        n_sequences,
-        generator,
-        device=device,
-    )
+    gmm32 = gmm.to(device="cpu", dtype=torch.float32)
+    args = (alpha_bar, n_tokens, n_sequences, generator)
+    return excess_risk(deepcopy(model).to(device), gmm32, *args, device=device)
 
 
 def _profile_on(device, x: Tensor, target: Tensor, basis: Tensor, mask_self: bool):

@@ -66,9 +66,7 @@ def mean_plane(gmm: MultiTokenGMM) -> Tensor:
     """
     means = gmm.means.to(torch.float64)
     k = gmm.n_clusters
-    rows = (
-        torch.eye(gmm.dim, dtype=torch.float64) * 1e-9
-    )  # ensures two directions exist
+    rows = torch.eye(gmm.dim, dtype=torch.float64) * 1e-9  # two directions exist
     if k >= 3:
         angle = 2 * torch.pi * torch.arange(k, dtype=torch.float64) / k
         rows = torch.cat([torch.stack([angle.cos(), angle.sin()]) @ means, rows])
