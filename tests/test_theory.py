@@ -32,6 +32,7 @@ from mtgmm.theory import (
 from .conftest import rng
 
 
+@torch.no_grad()
 def measured_token_gap(weights, g, ab, n_tokens, n_seq, generator, mask_self=False):
     """excess(L) − limit measured on the same sequences, the L = ∞ term as control
     variate: mean and standard error over sequences (the chapter's cell, in 64 batches)."""
