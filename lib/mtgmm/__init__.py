@@ -5,7 +5,7 @@ importing only the ones before it: ``schedules`` → ``mixture`` → ``oracle`` 
 ``plotting``. The experiments live in the chapters; the package holds their building blocks.
 """
 
-from . import bounds, descent, incontext, metrics, symmetry, theory
+from . import bounds, descent, incontext, interval, metrics, symmetry, theory
 from .attention import (
     AttentionBank,
     AttentionDenoiser,
@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "bounds",
     "descent",
+    "interval",
     "incontext",
     "AttentionBank",
     "AttentionDenoiser",

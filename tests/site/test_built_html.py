@@ -263,6 +263,7 @@ API_MODULES = [
     "theory",
     "bounds",
     "stats",
+    "interval",
     "plotting",
     "runtime",
 ]
